@@ -1,0 +1,63 @@
+// Scalar types shared by every kernel: the index type, 16-bit weight storage and widening.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace sae {
+
+// All index math is 64-bit: N * d_sae routinely exceeds 2^31.
+using index_t = int64_t;
+
+// 16-bit weight storage. Kernels read these and widen to float in registers.
+struct bf16 { uint16_t bits; };
+struct f16 { uint16_t bits; };
+
+inline float widen_bf16(uint16_t b) {
+  uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// IEEE half -> float without F16C (the generic path must run everywhere).
+inline float widen_f16(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {                // inf / nan
+    bits = sign | 0x7f800000u | (man << 13);
+  } else if (exp != 0) {            // normal
+    bits = sign | ((exp + 112u) << 23) | (man << 13);
+  } else if (man == 0) {            // signed zero
+    bits = sign;
+  } else {                          // subnormal: renormalise
+    int e = -1;
+    do { man <<= 1; ++e; } while ((man & 0x400u) == 0);
+    bits = sign | (uint32_t(112 - e) << 23) | ((man & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// widen<Acc>(w): a weight of any storage type as the accumulation type.
+template <class Acc> inline Acc widen(float w) { return Acc(w); }
+template <class Acc> inline Acc widen(double w) { return Acc(w); }
+template <class Acc> inline Acc widen(bf16 w) { return Acc(widen_bf16(w.bits)); }
+template <class Acc> inline Acc widen(f16 w) { return Acc(widen_f16(w.bits)); }
+
+// Element type codes shared with Python (python/sae_native/backends/cpu.py).
+enum class DType : int { f32 = 0, f64 = 1, bf16 = 2, f16 = 3 };
+
+// A strided 2-D view of weights: element (r, c) lives at data[r * row_stride + c * col_stride].
+// Kernels read W_dec rows and W_enc columns through this, so transposed views cost no copy.
+template <class W> struct Strided {
+  const W* data;
+  index_t rows, cols, row_stride, col_stride;
+  const W* row(index_t r) const { return data + r * row_stride; }
+};
+
+}  // namespace sae

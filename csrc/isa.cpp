@@ -1,0 +1,77 @@
+#include "isa.h"
+
+#include <atomic>
+#include <cstdlib>
+
+namespace sae {
+namespace {
+
+const EncodeKernels* const kAll[] = {&kGenericKernels};
+
+const EncodeKernels* best_supported() {
+  const EncodeKernels* best = nullptr;
+  for (const EncodeKernels* k : kAll)
+    if (k->supported() && (best == nullptr || k->rank > best->rank)) best = k;
+  return best;
+}
+
+const EncodeKernels* find_supported(const std::string& name) {
+  for (const EncodeKernels* k : kAll)
+    if (name == k->isa && k->supported()) return k;
+  return nullptr;
+}
+
+const EncodeKernels* initial() {
+  if (const char* forced = std::getenv("SAE_NATIVE_ISA")) {
+    if (const EncodeKernels* k = find_supported(forced)) return k;
+  }
+  return best_supported();
+}
+
+std::atomic<const EncodeKernels*> g_active{initial()};
+
+}  // namespace
+
+const EncodeKernels& active_kernels() { return *g_active.load(); }
+
+std::vector<std::string> supported_isas() {
+  std::vector<const EncodeKernels*> ks;
+  for (const EncodeKernels* k : kAll)
+    if (k->supported()) ks.push_back(k);
+  std::vector<std::string> names;
+  while (!ks.empty()) {
+    size_t best = 0;
+    for (size_t i = 1; i < ks.size(); ++i)
+      if (ks[i]->rank > ks[best]->rank) best = i;
+    names.push_back(ks[best]->isa);
+    ks.erase(ks.begin() + long(best));
+  }
+  return names;
+}
+
+bool select_isa(const std::string& name) {
+  const EncodeKernels* k = find_supported(name);
+  if (k == nullptr) return false;
+  g_active.store(k);
+  return true;
+}
+
+std::vector<std::string> cpu_features() {
+  std::vector<std::string> out;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("sse4.2")) out.push_back("sse4.2");
+  if (__builtin_cpu_supports("avx")) out.push_back("avx");
+  if (__builtin_cpu_supports("avx2")) out.push_back("avx2");
+  if (__builtin_cpu_supports("fma")) out.push_back("fma");
+  if (__builtin_cpu_supports("f16c")) out.push_back("f16c");
+  if (__builtin_cpu_supports("avx512f")) out.push_back("avx512f");
+  if (__builtin_cpu_supports("avx512bw")) out.push_back("avx512bw");
+  if (__builtin_cpu_supports("avx512vl")) out.push_back("avx512vl");
+#elif defined(__aarch64__)
+  out.push_back("neon");
+#endif
+  return out;
+}
+
+}  // namespace sae

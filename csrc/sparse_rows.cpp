@@ -1,0 +1,84 @@
+#include "sparse_rows.h"
+
+#include <algorithm>
+
+#include "thread_pool.h"
+
+namespace sae {
+namespace {
+
+// Rows per task: enough work per task to amortise the pool's hand-off.
+index_t row_grain(index_t k, index_t d) { return std::max<index_t>(1, 16384 / std::max<index_t>(k * d, 1)); }
+
+}  // namespace
+
+template <class T, class W>
+void combine_rows(index_t n, index_t k, const T* values, const index_t* indices,
+                  const Strided<W>& w, const T* bias, T* out) {
+  const index_t d = w.cols;
+  parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
+    for (index_t r = r0; r < r1; ++r) {
+      T* o = out + r * d;
+      if (bias != nullptr)
+        std::copy(bias, bias + d, o);
+      else
+        std::fill(o, o + d, T(0));
+      accumulate_row(k, values + r * k, indices + r * k, w, o);
+    }
+  });
+}
+
+template <class T, class W>
+void dot_rows(index_t n, index_t k, const T* g, const index_t* indices, const Strided<W>& w,
+              T* out) {
+  const index_t d = w.cols;
+  parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
+    for (index_t r = r0; r < r1; ++r) {
+      const T* gr = g + r * d;
+      for (index_t j = 0; j < k; ++j) {
+        const index_t f = indices[r * k + j];
+        T acc = 0;
+        if (f >= 0 && f < w.rows) {
+          const W* src = w.row(f);
+          for (index_t i = 0; i < d; ++i) acc += gr[i] * widen<T>(src[i * w.col_stride]);
+        }
+        out[r * k + j] = acc;
+      }
+    }
+  });
+}
+
+template <class T>
+void scatter_rows(index_t n, index_t k, const T* values, const index_t* indices, const T* g,
+                  index_t d, T* grad, index_t rows, index_t row_stride, index_t col_stride) {
+  // Threads own disjoint column ranges of grad, so no two write the same element.
+  parallel_range(d, 64, [&](index_t c0, index_t c1) {
+    for (index_t r = 0; r < n; ++r) {
+      const T* gr = g + r * d;
+      for (index_t j = 0; j < k; ++j) {
+        const index_t f = indices[r * k + j];
+        const T v = values[r * k + j];
+        if (f < 0 || f >= rows || v == T(0)) continue;
+        T* dst = grad + f * row_stride;
+        for (index_t c = c0; c < c1; ++c) dst[c * col_stride] += v * gr[c];
+      }
+    }
+  });
+}
+
+#define SAE_INSTANTIATE_ROWS(T, W)                                                               \
+  template void combine_rows<T, W>(index_t, index_t, const T*, const index_t*, const Strided<W>&, \
+                                   const T*, T*);                                                \
+  template void dot_rows<T, W>(index_t, index_t, const T*, const index_t*, const Strided<W>&, T*);
+SAE_INSTANTIATE_ROWS(float, float)
+SAE_INSTANTIATE_ROWS(float, bf16)
+SAE_INSTANTIATE_ROWS(float, f16)
+SAE_INSTANTIATE_ROWS(double, double)
+#undef SAE_INSTANTIATE_ROWS
+
+template void scatter_rows<float>(index_t, index_t, const float*, const index_t*, const float*,
+                                  index_t, float*, index_t, index_t, index_t);
+template void scatter_rows<double>(index_t, index_t, const double*, const index_t*, const double*,
+                                   index_t, double*, index_t, index_t, index_t);
+
+}  // namespace sae

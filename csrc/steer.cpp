@@ -1,0 +1,120 @@
+#include "steer.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "sparse_rows.h"
+#include "thread_pool.h"
+
+namespace sae {
+namespace {
+
+// Widened copies of W_dec's clamped rows: |C| x d_in, small, read once per output row.
+template <class T, class W>
+std::vector<T> gather_rows(const Strided<W>& w, const Clamp<T>& clamp) {
+  const index_t d = w.cols;
+  std::vector<T> out(size_t(clamp.count * d));
+  for (index_t c = 0; c < clamp.count; ++c) {
+    const W* src = w.row(clamp.features[c]);
+    for (index_t i = 0; i < d; ++i) out[size_t(c * d + i)] = widen<T>(src[i * w.col_stride]);
+  }
+  return out;
+}
+
+template <class T>
+void add_deltas(index_t d, const std::vector<T>& dec_rows, const T* deltas, index_t count, T* yr) {
+  for (index_t c = 0; c < count; ++c) {
+    const T dl = deltas[c];
+    if (dl == T(0)) continue;
+    const T* wr = dec_rows.data() + c * d;
+    for (index_t i = 0; i < d; ++i) yr[i] += dl * wr[i];
+  }
+}
+
+index_t grain(index_t work_per_row) { return std::max<index_t>(1, 32768 / std::max<index_t>(work_per_row, 1)); }
+
+}  // namespace
+
+template <class T, class W>
+void steer_threshold(index_t n, const T* x, const Strided<W>& w_enc, const T* b_enc,
+                     const T* threshold, const T* b_dec, const Strided<W>& w_dec,
+                     const Clamp<T>& clamp, T* y, T* z) {
+  const index_t d = w_dec.cols, count = clamp.count;
+  // Columns f of W_enc, made contiguous: [count][d].
+  std::vector<T> enc_cols(size_t(count * d));
+  for (index_t c = 0; c < count; ++c)
+    for (index_t i = 0; i < d; ++i)
+      enc_cols[size_t(c * d + i)] = widen<T>(w_enc.row(i)[clamp.features[c] * w_enc.col_stride]);
+  const std::vector<T> dec_rows = gather_rows(w_dec, clamp);
+
+  parallel_range(n, grain(2 * count * d + d), [&](index_t r0, index_t r1) {
+    std::vector<T> deltas(static_cast<size_t>(count));
+    for (index_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * d;
+      for (index_t c = 0; c < count; ++c) {
+        const T* we = enc_cols.data() + c * d;
+        T pre = 0;
+        if (b_dec != nullptr)
+          for (index_t i = 0; i < d; ++i) pre += (xr[i] - b_dec[i]) * we[i];
+        else
+          for (index_t i = 0; i < d; ++i) pre += xr[i] * we[i];
+        const index_t f = clamp.features[c];
+        pre += b_enc[f];
+        const T thr = threshold != nullptr ? threshold[f] : T(0);
+        // Same rule as the threshold encode: relu(pre) * (pre > thr), NaN kept.
+        const T zf = std::isnan(pre) ? pre : ((pre > thr && pre > T(0)) ? pre : T(0));
+        z[r * count + c] = zf;
+        deltas[size_t(c)] = clamp_delta(zf, clamp.targets[c], clamp.mode, clamp.only_active);
+      }
+      T* yr = y + r * d;
+      std::copy(xr, xr + d, yr);
+      add_deltas(d, dec_rows, deltas.data(), count, yr);
+    }
+  });
+}
+
+template <class T, class W>
+void steer_codes(index_t n, index_t k, const T* x, const T* values, const index_t* indices,
+                 const Strided<W>& w_dec, const T* b_dec, bool keep_error,
+                 const Clamp<T>& clamp, T* y, T* z) {
+  const index_t d = w_dec.cols, count = clamp.count;
+  const std::vector<T> dec_rows = gather_rows(w_dec, clamp);
+  parallel_range(n, grain(count * (k + d) + (keep_error ? d : k * d)), [&](index_t r0, index_t r1) {
+    std::vector<T> deltas(static_cast<size_t>(count));
+    for (index_t r = r0; r < r1; ++r) {
+      const T* vr = values + r * k;
+      const index_t* ir = indices + r * k;
+      T* yr = y + r * d;
+      if (keep_error) {
+        std::copy(x + r * d, x + (r + 1) * d, yr);
+      } else {
+        if (b_dec != nullptr)
+          std::copy(b_dec, b_dec + d, yr);
+        else
+          std::fill(yr, yr + d, T(0));
+        accumulate_row(k, vr, ir, w_dec, yr);
+      }
+      for (index_t c = 0; c < count; ++c) {
+        T zf = 0;
+        for (index_t j = 0; j < k; ++j)
+          if (ir[j] == clamp.features[c]) { zf = vr[j]; break; }
+        z[r * count + c] = zf;
+        deltas[size_t(c)] = clamp_delta(zf, clamp.targets[c], clamp.mode, clamp.only_active);
+      }
+      add_deltas(d, dec_rows, deltas.data(), count, yr);
+    }
+  });
+}
+
+#define SAE_INSTANTIATE_STEER(T, W)                                                              \
+  template void steer_threshold<T, W>(index_t, const T*, const Strided<W>&, const T*, const T*,  \
+                                      const T*, const Strided<W>&, const Clamp<T>&, T*, T*);     \
+  template void steer_codes<T, W>(index_t, index_t, const T*, const T*, const index_t*,          \
+                                  const Strided<W>&, const T*, bool, const Clamp<T>&, T*, T*);
+SAE_INSTANTIATE_STEER(float, float)
+SAE_INSTANTIATE_STEER(float, bf16)
+SAE_INSTANTIATE_STEER(float, f16)
+SAE_INSTANTIATE_STEER(double, double)
+#undef SAE_INSTANTIATE_STEER
+
+}  // namespace sae

@@ -1,0 +1,48 @@
+// Clamped reconstruction (steering), as DESIGN.md defines it. For a clamp set C with targets c_f:
+//   delta_f = c_f - z_f (set), (c_f - 1) * z_f (scale: c_f is the factor), c_f (add);
+//   0 where only_active and z_f <= 0.
+//   keep_error: y = x + sum_f delta_f W_dec[f]
+//   otherwise:  y = decode(z) + sum_f delta_f W_dec[f]     (= decode(z'), z'_f = z_f + delta_f)
+#pragma once
+
+#include "common.h"
+
+namespace sae {
+
+enum class ClampMode : int { set = 0, scale = 1, add = 2 };
+
+template <class T> struct Clamp {
+  index_t count = 0;                 // |C|
+  const index_t* features = nullptr; // [count], distinct, in [0, d_sae)
+  const T* targets = nullptr;        // [count]
+  ClampMode mode = ClampMode::set;
+  bool only_active = false;          // where="active"
+};
+
+template <class T> inline T clamp_delta(T z, T c, ClampMode mode, bool only_active) {
+  if (only_active && !(z > T(0))) return T(0);
+  switch (mode) {
+    case ClampMode::set: return c - z;
+    case ClampMode::scale: return (c - T(1)) * z;
+    case ClampMode::add: return c;
+  }
+  return T(0);
+}
+
+// Threshold SAEs (JumpReLU / ReLU) with keep_error: z_f needs only column f of W_enc, so a row
+// costs O(|C| * d_in) whatever d_sae is. w_enc is [d_in, d_sae], w_dec [d_sae, d_in] (any
+// strides); threshold null means ReLU; b_dec null means x is not shifted before encoding.
+// Writes y [n, d_in] and the unclamped z_f into z [n, count].
+template <class T, class W>
+void steer_threshold(index_t n, const T* x, const Strided<W>& w_enc, const T* b_enc,
+                     const T* threshold, const T* b_dec, const Strided<W>& w_dec,
+                     const Clamp<T>& clamp, T* y, T* z);
+
+// Any SAE, from its codes (values, indices [n, k]): z_f is the code's value for latent f (0 if
+// absent). b_dec (null: none) is used only without keep_error.
+template <class T, class W>
+void steer_codes(index_t n, index_t k, const T* x, const T* values, const index_t* indices,
+                 const Strided<W>& w_dec, const T* b_dec, bool keep_error,
+                 const Clamp<T>& clamp, T* y, T* z);
+
+}  // namespace sae

@@ -1,0 +1,158 @@
+#include "thread_pool.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <list>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace sae {
+namespace {
+
+struct Job {
+  const std::function<void(index_t)>* fn;
+  index_t n_tasks;
+  int max_helpers;                 // workers allowed besides the caller
+  std::atomic<index_t> next{0};
+  int helpers = 0;                 // workers inside the job; guarded by Pool::mutex
+  std::exception_ptr error;        // guarded by error_mutex
+  std::mutex error_mutex;
+  std::condition_variable helpers_left;
+
+  // Claims and runs tasks until none are left.
+  void work() {
+    for (index_t t; (t = next.fetch_add(1)) < n_tasks;) {
+      try {
+        (*fn)(t);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+    }
+  }
+  bool open() const { return next.load() < n_tasks && helpers < max_helpers; }
+};
+
+class Pool {
+ public:
+  explicit Pool(int n) : target_(std::max(n, 1)) {}
+
+  void set_threads(int n) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    target_ = std::max(n, 1);
+  }
+  int threads() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return target_;
+  }
+
+  void run(index_t n_tasks, const std::function<void(index_t)>& fn) {
+    if (n_tasks <= 0) return;
+    Job job;
+    job.fn = &fn;
+    job.n_tasks = n_tasks;
+    std::list<Job*>::iterator where;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job.max_helpers = int(std::min<index_t>(target_ - 1, n_tasks - 1));
+      if (job.max_helpers > 0) {
+        grow_locked(job.max_helpers);
+        where = jobs_.insert(jobs_.end(), &job);
+      }
+    }
+    if (job.max_helpers > 0) work_available_.notify_all();
+    job.work();
+    if (job.max_helpers > 0) {
+      // No worker may join once the job leaves the list; wait for those inside to leave,
+      // since the job lives on this stack frame.
+      std::unique_lock<std::mutex> lock(mutex_);
+      jobs_.erase(where);
+      job.helpers_left.wait(lock, [&] { return job.helpers == 0; });
+    }
+    if (job.error) std::rethrow_exception(job.error);
+  }
+
+ private:
+  void grow_locked(int wanted) {
+    while (int(workers_) < wanted) {
+      std::thread(&Pool::worker_loop, this).detach();
+      ++workers_;
+    }
+  }
+
+  void worker_loop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      Job* job = nullptr;
+      work_available_.wait(lock, [&] {
+        for (Job* j : jobs_)
+          if (j->open()) { job = j; return true; }
+        return false;
+      });
+      ++job->helpers;
+      lock.unlock();
+      job->work();
+      lock.lock();
+      if (--job->helpers == 0) job->helpers_left.notify_all();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable work_available_;
+  std::list<Job*> jobs_;
+  size_t workers_ = 0;
+  int target_;
+};
+
+// The pool is deliberately leaked: its detached workers sleep until process exit, and no
+// destructor runs while Python is tearing down. A forked child gets a fresh pool, since the
+// parent's worker threads do not exist there.
+std::mutex g_pool_mutex;
+Pool* g_pool = nullptr;
+pid_t g_pool_pid = 0;
+int g_requested = 1;
+
+Pool& pool() {
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  if (g_pool == nullptr || g_pool_pid != getpid()) {
+    g_pool = new Pool(g_requested);
+    g_pool_pid = getpid();
+  }
+  return *g_pool;
+}
+
+}  // namespace
+
+void set_num_threads(int n) {
+  {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    g_requested = std::max(n, 1);
+  }
+  pool().set_threads(n);
+}
+
+int num_threads() { return pool().threads(); }
+
+void parallel_for(index_t n_tasks, const std::function<void(index_t)>& fn) {
+  pool().run(n_tasks, fn);
+}
+
+void parallel_range(index_t n, index_t grain, const std::function<void(index_t, index_t)>& fn) {
+  if (n <= 0) return;
+  grain = std::max<index_t>(grain, 1);
+  const index_t by_grain = (n + grain - 1) / grain;
+  const index_t chunks = std::max<index_t>(1, std::min<index_t>(by_grain, num_threads()));
+  const index_t step = (n + chunks - 1) / chunks;
+  parallel_for(chunks, [&](index_t c) {
+    const index_t begin = c * step;
+    const index_t end = std::min(n, begin + step);
+    if (begin < end) fn(begin, end);
+  });
+}
+
+}  // namespace sae

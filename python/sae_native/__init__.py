@@ -1,0 +1,19 @@
+"""sae-native: native kernels for sparse autoencoders on language-model activations.
+
+    import sae_native as sn
+    sae = sn.SAE(W_enc, b_enc, W_dec, b_dec, activation="topk", k=32)
+    codes = sae.encode(x)             # SparseCodes: values, indices [..., k]
+    x_hat = sae.decode(codes)         # or sae(x)
+    y = sae.steer(x, {1234: 50.0})    # clamp feature 1234 to 50, keeping the SAE error
+"""
+from . import _ops  # noqa: F401  (declares the torch.ops.sae_native ops)
+from . import backends  # noqa: F401  (registers their kernels)
+from . import functional
+from ._runtime import _init_threads, build_info, get_num_threads, set_num_threads
+from .codes import SparseCodes
+from .sae import SAE
+
+__version__ = build_info()["version"]
+__all__ = ["SAE", "SparseCodes", "functional", "build_info", "set_num_threads", "get_num_threads", "__version__"]
+
+_init_threads()

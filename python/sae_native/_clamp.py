@@ -1,0 +1,85 @@
+"""Turning a user's clamp specification into the (features, targets) tensors the ops take."""
+from __future__ import annotations
+
+import numbers
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from ._steer_math import MODES
+
+WHERE = ("always", "active")
+
+
+def _feature_id(f, d_sae: int) -> int:
+    if isinstance(f, Tensor):
+        if f.numel() != 1 or f.is_floating_point():
+            raise TypeError(f"clamp: feature ids must be integers, got a tensor {f}")
+        f = f.item()
+    if isinstance(f, bool) or not isinstance(f, numbers.Integral):
+        raise TypeError(f"clamp: feature ids must be integers, got {f!r}")
+    f = int(f)
+    if not 0 <= f < d_sae:
+        raise ValueError(f"clamp: feature {f} is out of range [0, d_sae={d_sae})")
+    return f
+
+
+def _target(v, f: int) -> float:
+    if isinstance(v, Tensor):
+        if v.numel() != 1:
+            raise TypeError(f"clamp: the value for feature {f} must be a number, got a tensor of shape {list(v.shape)}")
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"clamp: the value for feature {f} must be a number, got {v!r}")
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"clamp: the value for feature {f} must be finite, got {v}")
+    return v
+
+
+def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device) -> Tuple[Tensor, Tensor]:
+    """``clamp`` is ``{feature: value}`` or a pair ``(features, values)`` of tensors or sequences.
+
+    Returns int64 ``features [C]`` and ``targets [C]`` of ``dtype``. Features must be distinct
+    and in ``[0, d_sae)``; values finite. Tensor values keep their autograd history.
+    """
+    if isinstance(clamp, dict):
+        feats = [_feature_id(f, d_sae) for f in clamp]
+        vals = [_target(v, f) for f, v in zip(feats, clamp.values())]
+        features = torch.tensor(feats, dtype=torch.int64, device=device)
+        targets = torch.tensor(vals, dtype=dtype, device=device)
+    elif isinstance(clamp, (tuple, list)) and len(clamp) == 2:
+        features, targets = clamp
+        if not isinstance(features, Tensor):
+            features = torch.tensor([_feature_id(f, d_sae) for f in features], dtype=torch.int64)
+        if not isinstance(targets, Tensor):
+            targets = torch.tensor([_target(v, i) for i, v in enumerate(targets)], dtype=dtype)
+        if features.is_floating_point() or features.dtype == torch.bool or features.dim() != 1:
+            raise TypeError(f"clamp: features must be a 1-D integer tensor, got {features.dtype} {list(features.shape)}")
+        if not targets.is_floating_point() or tuple(targets.shape) != tuple(features.shape):
+            raise ValueError(f"clamp: values must be a floating tensor of shape {list(features.shape)}, "
+                             f"got {targets.dtype} {list(targets.shape)}")
+        features = features.to(device=device, dtype=torch.int64)
+        targets = targets.to(device=device, dtype=dtype)
+        if not torch.compiler.is_compiling() and features.numel():
+            lo, hi = int(features.min()), int(features.max())
+            if lo < 0 or hi >= d_sae:
+                raise ValueError(f"clamp: feature {lo if lo < 0 else hi} is out of range [0, d_sae={d_sae})")
+            if not bool(torch.isfinite(targets).all()):
+                raise ValueError("clamp: values must be finite")
+    else:
+        raise TypeError("clamp: expected a dict {feature: value} or a pair (features, values), "
+                        f"got {type(clamp).__name__}")
+    if not torch.compiler.is_compiling() and features.numel() != torch.unique(features).numel():
+        raise ValueError(f"clamp: features must be distinct, got {features.tolist()}")
+    return features, targets
+
+
+def check_mode(mode, where) -> bool:
+    """Validates mode and where; returns only_active."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if where not in WHERE:
+        raise ValueError(f"where: expected one of {WHERE}, got {where!r}")
+    return where == "active"

@@ -1,0 +1,77 @@
+"""SparseCodes: the sparse output of an SAE encoder."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+class SparseCodes:
+    """Active latents of each row: ``values [..., k]`` and int64 ``indices [..., k]``.
+
+    Each row is sorted by value descending, ties to the lower latent index. ``counts [...]`` is the
+    number of active (non-zero) latents per row. TopK codes always hold k entries per row (those
+    past ``counts`` are top-k picks whose value is 0). Threshold (JumpReLU/ReLU) codes are padded
+    to the batch's largest count with value 0 and index -1; ``decode`` and ``to_dense`` ignore the
+    padding. Values follow the dense formula, so a NaN activation shows up as a NaN value.
+    """
+
+    def __init__(self, values: Tensor, indices: Tensor, d_sae: int, counts: Optional[Tensor] = None):
+        if not isinstance(values, Tensor) or not isinstance(indices, Tensor):
+            raise TypeError("values and indices: expected tensors")
+        if values.shape != indices.shape:
+            raise ValueError(f"indices: expected the shape of values {list(values.shape)}, got {list(indices.shape)}")
+        if indices.dtype != torch.int64:
+            raise TypeError(f"indices: expected int64, got {indices.dtype}")
+        if values.dim() < 1:
+            raise ValueError("values: expected at least one dimension [..., k]")
+        if counts is not None and tuple(counts.shape) != tuple(values.shape[:-1]):
+            raise ValueError(f"counts: expected shape {list(values.shape[:-1])}, got {list(counts.shape)}")
+        self.values = values
+        self.indices = indices
+        self.d_sae = int(d_sae)
+        self._counts = counts
+
+    @property
+    def counts(self) -> Tensor:
+        if self._counts is None:
+            self._counts = (self.values != 0).sum(-1)
+        return self._counts
+
+    @property
+    def k(self) -> int:
+        """Entries per row (for threshold codes: the batch's largest count)."""
+        return self.values.shape[-1]
+
+    @property
+    def shape(self) -> torch.Size:
+        """The leading (batch) shape."""
+        return self.values.shape[:-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def to_dense(self) -> Tensor:
+        """The dense activations ``[..., d_sae]`` (zeros where no latent is active)."""
+        dense = self.values.new_zeros(*self.values.shape[:-1], self.d_sae)
+        valid = self.indices >= 0
+        index = torch.where(valid, self.indices, torch.zeros_like(self.indices))
+        src = torch.where(valid, self.values, torch.zeros_like(self.values))
+        return dense.scatter_add(-1, index, src)
+
+    def flatten(self) -> "SparseCodes":
+        """The codes with the leading dimensions flattened to one: ``[n, k]``."""
+        k, n = self.values.shape[-1], math.prod(self.values.shape[:-1])
+        counts = None if self._counts is None else self._counts.reshape(n)
+        return SparseCodes(self.values.reshape(n, k), self.indices.reshape(n, k), self.d_sae, counts)
+
+    def to(self, device) -> "SparseCodes":
+        counts = None if self._counts is None else self._counts.to(device)
+        return SparseCodes(self.values.to(device), self.indices.to(device), self.d_sae, counts)
+
+    def __repr__(self) -> str:
+        return (f"SparseCodes(shape={list(self.shape)}, k={self.k}, d_sae={self.d_sae}, "
+                f"dtype={self.values.dtype}, device={self.values.device})")

@@ -1,0 +1,82 @@
+"""The SAE class: weights, activation, and the encode / decode / steer operations."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+from ._weights import SAEWeights
+from .backends import prepare_encoder
+from .codes import SparseCodes
+
+
+class SAE:
+    """A sparse autoencoder in SAELens orientation.
+
+    ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``;
+    ``activation`` is ``"topk"`` (needs ``k``), ``"jumprelu"`` (needs ``threshold [d_sae]``) or
+    ``"relu"``. With ``apply_b_dec_to_input`` (the default) ``b_dec`` is subtracted from x before
+    encoding. Weights may be float32, bfloat16, float16 (widened to float32 in the kernels) or
+    float64; W_enc and W_dec share a dtype. The tensors are kept as given (no copy); W_enc is
+    packed once for the CPU kernel, and re-packed if it is changed in place.
+    """
+
+    def __init__(self, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, *, activation: str = "topk",
+                 k: Optional[int] = None, threshold: Optional[Tensor] = None, apply_b_dec_to_input: bool = True):
+        self._w = SAEWeights.validated(W_enc, b_enc, W_dec, b_dec, activation=activation, k=k, threshold=threshold,
+                                       apply_b_dec_to_input=apply_b_dec_to_input)
+        prepare_encoder(self._w.W_enc)
+
+    # ---- attributes -----------------------------------------------------------------------
+    W_enc = property(lambda self: self._w.W_enc)
+    b_enc = property(lambda self: self._w.b_enc)
+    W_dec = property(lambda self: self._w.W_dec)
+    b_dec = property(lambda self: self._w.b_dec)
+    threshold = property(lambda self: self._w.threshold)
+    activation = property(lambda self: self._w.activation)
+    k = property(lambda self: self._w.k)
+    apply_b_dec_to_input = property(lambda self: self._w.apply_b_dec_to_input)
+    d_in = property(lambda self: self._w.d_in)
+    d_sae = property(lambda self: self._w.d_sae)
+    device = property(lambda self: self._w.device)
+    dtype = property(lambda self: self._w.W_enc.dtype)
+
+    # ---- operations -----------------------------------------------------------------------
+    def encode(self, x: Tensor) -> SparseCodes:
+        """Sparse codes of ``x [..., d_in]``: values and indices ``[..., k]`` (see SparseCodes)."""
+        return F.encode_with(self._w, x)
+
+    def decode(self, codes) -> Tensor:
+        """Reconstruction ``[..., d_in]`` from SparseCodes or a pair (values, indices)."""
+        return F.decode_with(self._w, codes)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Reconstruction ``decode(encode(x))``, in x's dtype and shape."""
+        return F.reconstruct_with(self._w, x)
+
+    forward = __call__
+
+    def steer(self, x: Tensor, clamp, *, mode: str = "set", keep_error: bool = True, where: str = "always") -> Tensor:
+        """Clamped reconstruction: the activation with some features forced to new values.
+
+        ``clamp`` is ``{feature: value}`` or a pair of tensors ``(features, values)``.
+        ``mode``: ``"set"`` (z_f := value), ``"scale"`` (z_f := value * z_f) or ``"add"``
+        (z_f := z_f + value); ``where="active"`` changes a feature only where it already fires.
+        With ``keep_error`` (default) the SAE's reconstruction error is kept:
+        ``y = x + sum_f (z'_f - z_f) W_dec[f]``, so an empty clamp returns x; for jumprelu/relu
+        SAEs this costs O(|clamp| * d_in) per row. Without it, ``y = decode(z')``.
+        """
+        return F.steer_with(self._w, x, clamp, mode=mode, keep_error=keep_error, where=where)
+
+    def to(self, device=None, dtype=None) -> "SAE":
+        """A copy on another device and/or with another weight dtype (the original is unchanged)."""
+        w = self._w.to(device=device, dtype=dtype)
+        return SAE(w.W_enc, w.b_enc, w.W_dec, w.b_dec, activation=w.activation, k=w.k, threshold=w.threshold,
+                   apply_b_dec_to_input=w.apply_b_dec_to_input)
+
+    def __repr__(self) -> str:
+        extra = f", k={self.k}" if self.k is not None else ""
+        return (f"SAE(d_in={self.d_in}, d_sae={self.d_sae}, activation={self.activation!r}{extra}, "
+                f"dtype={self.dtype}, device={self.device})")

@@ -1,0 +1,28 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import sae_native as sn  # noqa: E402
+from sae_native import _C  # noqa: E402
+
+ISAS = list(_C.supported_isas())
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Runs a test once per encode kernel variant this CPU supports."""
+    before = _C.cpu_isa()
+    assert _C.select_isa(request.param)
+    yield request.param
+    _C.select_isa(before)
+
+
+@pytest.fixture(params=[1, 2, 3])
+def threads(request):
+    before = sn.get_num_threads()
+    sn.set_num_threads(request.param)
+    yield request.param
+    sn.set_num_threads(before)
