@@ -43,8 +43,8 @@ def check_topk_codes(codes: sn.SparseCodes, ref: RefSAE, x: torch.Tensor) -> Non
     order by value descending with ties to the lower index."""
     d_sae = ref.W_enc.shape[1]
     x2 = x.reshape(-1, x.shape[-1])
-    vals = codes.values.reshape(x2.shape[0], -1).double()
-    idx = codes.indices.reshape(x2.shape[0], -1)
+    flat = codes.flatten()
+    vals, idx = flat.values.double(), flat.indices
     k = ref.k
     assert vals.shape == (x2.shape[0], k) and idx.dtype == torch.int64
     if x2.shape[0] == 0:
@@ -79,16 +79,15 @@ def check_threshold_codes(codes: sn.SparseCodes, ref: RefSAE, x: torch.Tensor) -
     d_sae = ref.W_enc.shape[1]
     x2 = x.reshape(-1, x.shape[-1])
     n = x2.shape[0]
-    vals = codes.values.reshape(n, -1).double()
-    idx = codes.indices.reshape(n, -1)
-    counts = codes.counts.reshape(n)
+    flat = codes.flatten()
+    vals, idx, counts = flat.values.double(), flat.indices, flat.counts
     width = vals.shape[1]
     pos = torch.arange(width).expand(n, width)
     valid = pos < counts[:, None]
     assert (idx[~valid] == -1).all() and (vals[~valid] == 0).all(), "padding must be index -1, value 0"
     if n == 0:
         return
-    assert width == int(counts.max()) if n else width == 0
+    assert width == int(counts.max())
     assert ((idx[valid] >= 0) & (idx[valid] < d_sae)).all()
     assert (vals[valid] > 0).all()
     check_order(vals, idx, valid)

@@ -228,3 +228,13 @@ def test_functional_encode_matches_sae():
     b = sn.functional.encode(x, w["W_enc"], w["b_enc"], activation="jumprelu", threshold=w["threshold"],
                              b_dec=w["b_dec"])
     assert torch.equal(a.values, b.values) and torch.equal(a.indices, b.indices)
+
+
+def test_refresh_after_writes_through_data():
+    # .data writes bypass the version counter; refresh() re-reads W_enc.
+    sae, _ = make_pair(16, 64, "topk", 4)
+    x = randn(8, 16)
+    sae.W_enc.data.mul_(-1.0)
+    sae.refresh()
+    w = dict(W_enc=sae.W_enc, b_enc=sae.b_enc, W_dec=sae.W_dec, b_dec=sae.b_dec, k=4)
+    check_topk_codes(sae.encode(x), RefSAE(**w), x)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ._steer_math import MODES
+from ._weights import can_read_values
 
 WHERE = ("always", "active")
 
@@ -62,7 +63,7 @@ def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device) -> Tuple[Tensor, 
                              f"got {targets.dtype} {list(targets.shape)}")
         features = features.to(device=device, dtype=torch.int64)
         targets = targets.to(device=device, dtype=dtype)
-        if not torch.compiler.is_compiling() and features.numel():
+        if can_read_values(features) and features.numel():
             lo, hi = int(features.min()), int(features.max())
             if lo < 0 or hi >= d_sae:
                 raise ValueError(f"clamp: feature {lo if lo < 0 else hi} is out of range [0, d_sae={d_sae})")
@@ -71,7 +72,7 @@ def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device) -> Tuple[Tensor, 
     else:
         raise TypeError("clamp: expected a dict {feature: value} or a pair (features, values), "
                         f"got {type(clamp).__name__}")
-    if not torch.compiler.is_compiling() and features.numel() != torch.unique(features).numel():
+    if can_read_values(features) and features.numel() != torch.unique(features).numel():
         raise ValueError(f"clamp: features must be distinct, got {features.tolist()}")
     return features, targets
 

@@ -46,28 +46,33 @@ def _no_backend(op: str, *tensors: Optional[Tensor]):
 
 
 @torch.library.custom_op("sae_native::encode_topk", mutates_args=())
-def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: int) -> Tuple[Tensor, Tensor]:
+def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: int,
+                packed: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """TopK encode: relu of the k largest pre-activations of ``(x - b_dec) @ W_enc + b_enc`` per
-    row, sorted by value descending (ties to the lower latent index). Returns (values, indices)."""
+    row, sorted by value descending (ties to the lower latent index). Returns (values, indices).
+
+    ``packed`` is W_enc already in the layout the device's kernel streams
+    (``backends.PackedEncoder``), or None to lay it out for this call."""
     raise _no_backend("encode_topk", x, W_enc)
 
 
 @encode_topk.register_fake
-def _(x, W_enc, b_enc, b_dec, k):
+def _(x, W_enc, b_enc, b_dec, k, packed):
     return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0], k, dtype=torch.int64)
 
 
 @torch.library.custom_op("sae_native::encode_threshold", mutates_args=())
 def encode_threshold(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor],
-                     threshold: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+                     threshold: Optional[Tensor], packed: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     """Threshold encode (JumpReLU; ReLU when threshold is None): the latents with
     ``relu(pre) * (pre > threshold)`` non-zero, per row, sorted by value descending, padded to the
-    batch's largest count with value 0 and index -1. Returns (values, indices, counts)."""
+    batch's largest count with value 0 and index -1. Returns (values, indices, counts).
+    ``packed`` as for encode_topk."""
     raise _no_backend("encode_threshold", x, W_enc)
 
 
 @encode_threshold.register_fake
-def _(x, W_enc, b_enc, b_dec, threshold):
+def _(x, W_enc, b_enc, b_dec, threshold, packed):
     width = torch.library.get_ctx().new_dynamic_size()
     n = x.shape[0]
     return (x.new_empty(n, width), x.new_empty(n, width, dtype=torch.int64),
@@ -100,7 +105,7 @@ def _encode_backward(ctx, g_values, *_unused):
         shape, dtype = ctx.b_enc_meta
         g_b_enc = g_pre.new_zeros(shape).index_add_(0, indices.clamp_min(0).flatten(), g_pre.flatten())
         g_b_enc = g_b_enc.to(dtype)
-    return g_x, g_W_enc, g_b_enc, g_b_dec, None
+    return g_x, g_W_enc, g_b_enc, g_b_dec, None, None
 
 
 encode_topk.register_autograd(_encode_backward, setup_context=_encode_setup)

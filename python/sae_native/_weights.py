@@ -12,8 +12,12 @@ from .backends._dtypes import WEIGHT_DTYPES
 ACTIVATIONS = ("topk", "jumprelu", "relu")
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
+def can_read_values(*tensors: Optional[Tensor]) -> bool:
+    """Whether checks that read tensor data may run: not while tracing for torch.compile, and not
+    on meta tensors (which have shapes only). Kernels never read out of bounds either way."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(t is None or t.device.type != "meta" for t in tensors)
 
 
 def _tensor(name: str, t) -> Tensor:
@@ -106,7 +110,7 @@ class SAEWeights:
                 raise ValueError(f"{name}: expected device {W_enc.device} (that of W_enc), got {t.device}")
         if W_dec.dtype != W_enc.dtype:
             raise TypeError(f"W_dec: expected the dtype of W_enc ({W_enc.dtype}), got {W_dec.dtype}")
-        if threshold is not None and not _compiling() and not bool(torch.isfinite(threshold).all()):
+        if threshold is not None and can_read_values(threshold) and not bool(torch.isfinite(threshold).all()):
             bad = int((~torch.isfinite(threshold)).nonzero()[0, 0])
             raise ValueError(f"threshold: expected finite values, got {threshold[bad].item()} at latent {bad}")
         return cls(W_enc, b_enc, W_dec, b_dec, activation, k, threshold, apply_b_dec_to_input)

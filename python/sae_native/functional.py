@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import _ops
 from ._clamp import check_mode, parse_clamp
-from ._weights import SAEWeights, _compiling
+from ._weights import SAEWeights, can_read_values
 from .codes import SparseCodes
 
 __all__ = ["encode", "decode", "reconstruct", "steer"]
@@ -73,14 +73,15 @@ def steer(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
 # ---- the same on validated weights (SAE calls these) ----------------------------------------
 
 
-def encode_with(w: SAEWeights, x: Tensor) -> SparseCodes:
+def encode_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None) -> SparseCodes:
+    """Encode with validated weights; ``packed`` is a ``backends.PackedEncoder`` output or None."""
     x2, lead = _flat_input(w, x)
     b_in = w.input_bias
     if w.activation == "topk":
-        values, indices = _ops.encode_topk(x2, w.W_enc, w.b_enc, b_in, w.k)
+        values, indices = _ops.encode_topk(x2, w.W_enc, w.b_enc, b_in, w.k, packed)
         counts = None
     else:
-        values, indices, counts = _ops.encode_threshold(x2, w.W_enc, w.b_enc, b_in, w.threshold)
+        values, indices, counts = _ops.encode_threshold(x2, w.W_enc, w.b_enc, b_in, w.threshold, packed)
         counts = counts.reshape(lead)
     width = values.shape[-1]
     return SparseCodes(values.reshape(*lead, width), indices.reshape(*lead, width), w.d_sae, counts)
@@ -96,13 +97,13 @@ def decode_with(w: SAEWeights, codes) -> Tensor:
     return _decode_codes(codes, w.W_dec, w.b_dec)
 
 
-def reconstruct_with(w: SAEWeights, x: Tensor) -> Tensor:
-    codes = encode_with(w, x)
+def reconstruct_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None) -> Tensor:
+    codes = encode_with(w, x, packed)
     return _decode_codes(codes, w.W_dec, w.b_dec).to(x.dtype)
 
 
 def steer_with(w: SAEWeights, x: Tensor, clamp, *, mode: str = "set", keep_error: bool = True,
-               where: str = "always") -> Tensor:
+               where: str = "always", packed: Optional[Tensor] = None) -> Tensor:
     only_active = check_mode(mode, where)
     if not isinstance(keep_error, bool):
         raise TypeError(f"keep_error: expected a bool, got {type(keep_error).__name__}")
@@ -113,7 +114,7 @@ def steer_with(w: SAEWeights, x: Tensor, clamp, *, mode: str = "set", keep_error
         y, _ = _ops.steer_threshold(x2, w.W_enc, w.b_enc, w.W_dec, w.input_bias, w.threshold, features, targets,
                                     mode, only_active)
     else:
-        codes = encode_with(w, x2)
+        codes = encode_with(w, x2, packed)
         y, _ = _ops.steer_codes(x2, codes.values, codes.indices, w.W_dec, w.b_dec, features, targets, mode,
                                 only_active, keep_error)
     return y.reshape(*lead, w.d_in).to(x.dtype)
@@ -149,7 +150,7 @@ def _decode_codes(codes: SparseCodes, W_dec: Tensor, b_dec: Optional[Tensor]) ->
     if not values.is_floating_point():
         raise TypeError(f"values: expected a floating-point tensor, got {values.dtype}")
     compute = torch.float64 if W_dec.dtype == torch.float64 else torch.float32
-    if not _compiling() and indices.numel():
+    if can_read_values(indices) and indices.numel():
         lo, hi = int(indices.min()), int(indices.max())
         if lo < -1 or hi >= d_sae:
             raise ValueError(f"indices: expected latents in [0, d_sae={d_sae}) or -1 for padding, "

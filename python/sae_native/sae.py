@@ -8,7 +8,7 @@ from torch import Tensor
 
 from . import functional as F
 from ._weights import SAEWeights
-from .backends import prepare_encoder
+from .backends import PackedEncoder
 from .codes import SparseCodes
 
 
@@ -20,14 +20,15 @@ class SAE:
     ``"relu"``. With ``apply_b_dec_to_input`` (the default) ``b_dec`` is subtracted from x before
     encoding. Weights may be float32, bfloat16, float16 (widened to float32 in the kernels) or
     float64; W_enc and W_dec share a dtype. The tensors are kept as given (no copy); W_enc is
-    packed once for the CPU kernel, and re-packed if it is changed in place.
+    also laid out once in the panels the CPU kernel streams, re-made when W_enc is changed in
+    place (see ``refresh`` for writes through ``.data``).
     """
 
     def __init__(self, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, *, activation: str = "topk",
                  k: Optional[int] = None, threshold: Optional[Tensor] = None, apply_b_dec_to_input: bool = True):
         self._w = SAEWeights.validated(W_enc, b_enc, W_dec, b_dec, activation=activation, k=k, threshold=threshold,
                                        apply_b_dec_to_input=apply_b_dec_to_input)
-        prepare_encoder(self._w.W_enc)
+        self._packed = PackedEncoder(self._w.W_enc)
 
     # ---- attributes -----------------------------------------------------------------------
     W_enc = property(lambda self: self._w.W_enc)
@@ -46,7 +47,7 @@ class SAE:
     # ---- operations -----------------------------------------------------------------------
     def encode(self, x: Tensor) -> SparseCodes:
         """Sparse codes of ``x [..., d_in]``: values and indices ``[..., k]`` (see SparseCodes)."""
-        return F.encode_with(self._w, x)
+        return F.encode_with(self._w, x, self._packed.get())
 
     def decode(self, codes) -> Tensor:
         """Reconstruction ``[..., d_in]`` from SparseCodes or a pair (values, indices)."""
@@ -54,7 +55,7 @@ class SAE:
 
     def __call__(self, x: Tensor) -> Tensor:
         """Reconstruction ``decode(encode(x))``, in x's dtype and shape."""
-        return F.reconstruct_with(self._w, x)
+        return F.reconstruct_with(self._w, x, self._packed.get())
 
     forward = __call__
 
@@ -68,7 +69,13 @@ class SAE:
         ``y = x + sum_f (z'_f - z_f) W_dec[f]``, so an empty clamp returns x; for jumprelu/relu
         SAEs this costs O(|clamp| * d_in) per row. Without it, ``y = decode(z')``.
         """
-        return F.steer_with(self._w, x, clamp, mode=mode, keep_error=keep_error, where=where)
+        return F.steer_with(self._w, x, clamp, mode=mode, keep_error=keep_error, where=where,
+                            packed=self._packed.get())
+
+    def refresh(self) -> None:
+        """Re-reads W_enc after it was changed in a way its version counter does not see
+        (through ``W_enc.data`` or in inference mode). Other in-place changes are seen anyway."""
+        self._packed.refresh()
 
     def to(self, device=None, dtype=None) -> "SAE":
         """A copy on another device and/or with another weight dtype (the original is unchanged)."""

@@ -5,12 +5,40 @@ optional ``sae_native._cuda`` module was built.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
 from torch import Tensor
 
 from . import cpu  # noqa: F401  (registers the CPU kernels)
+from .cpu_packing import pack as _pack_cpu
 
 
-def prepare_encoder(W_enc: Tensor) -> None:
-    """Packs W_enc into the layout its device's encode kernel streams, ahead of the first call."""
-    if W_enc.device.type == "cpu":
-        cpu.PACKED_ENCODERS.get(W_enc)
+def _version(t: Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors carry no version counter
+        return -1
+
+
+class PackedEncoder:
+    """W_enc laid out for its device's encode kernel, made once and reused across calls.
+
+    The layout is re-made when W_enc is changed in place through autograd-visible ops (an
+    optimizer step, ``W_enc.mul_``), which bump its version counter. Writes through ``W_enc.data``
+    or inside inference mode are invisible: call ``refresh()`` after those.
+    """
+
+    def __init__(self, W_enc: Tensor):
+        self.W_enc = W_enc
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._version = _version(self.W_enc)
+        self._packed = _pack_cpu(self.W_enc) if self.W_enc.device.type == "cpu" else None
+
+    def get(self) -> Optional[Tensor]:
+        """The packed tensor for the op's ``packed`` argument (None where the device packs nothing)."""
+        if not torch.compiler.is_compiling() and _version(self.W_enc) != self._version:
+            self.refresh()
+        return self._packed

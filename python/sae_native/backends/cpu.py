@@ -13,9 +13,7 @@ from torch import Tensor
 
 from .. import _C
 from ._dtypes import PAIRS, dtype_code
-from .cpu_packing import PackCache
-
-PACKED_ENCODERS = PackCache()
+from .cpu_packing import check_packed, pack
 _MODES = {"set": 0, "scale": 1, "add": 2}
 
 
@@ -77,6 +75,13 @@ def _ptr(t: Optional[Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _packed(op: str, packed: Optional[Tensor], W_enc: Tensor) -> Tensor:
+    if packed is None:
+        return pack(W_enc)
+    check_packed(op, packed, W_enc)
+    return packed
+
+
 def _encode_prologue(op, x, W_enc, b_enc, b_dec):
     if W_enc.dim() != 2:
         raise _fail(op, f"W_enc must be [d_in, d_sae], got shape {list(W_enc.shape)}")
@@ -92,25 +97,25 @@ def _encode_prologue(op, x, W_enc, b_enc, b_dec):
 
 
 @torch.library.register_kernel("sae_native::encode_topk", "cpu")
-def _encode_topk(x, W_enc, b_enc, b_dec, k):
+def _encode_topk(x, W_enc, b_enc, b_dec, k, packed):
     x, T, d_in, d_sae, b_enc, b_dec = _encode_prologue("encode_topk", x, W_enc, b_enc, b_dec)
     if not 1 <= k <= d_sae:
         raise _fail("encode_topk", f"k must be in [1, d_sae={d_sae}], got {k}")
     n = x.shape[0]
     values = torch.empty(n, k, dtype=T)
     indices = torch.empty(n, k, dtype=torch.int64)
-    packed = PACKED_ENCODERS.get(W_enc)
+    packed = _packed("encode_topk", packed, W_enc)
     _C.encode_topk(dtype_code(T), dtype_code(W_enc.dtype), n, d_in, d_sae, x.data_ptr(), packed.data_ptr(),
                    b_enc.data_ptr(), _ptr(b_dec), k, values.data_ptr(), indices.data_ptr())
     return values, indices
 
 
 @torch.library.register_kernel("sae_native::encode_threshold", "cpu")
-def _encode_threshold(x, W_enc, b_enc, b_dec, threshold):
+def _encode_threshold(x, W_enc, b_enc, b_dec, threshold, packed):
     x, T, d_in, d_sae, b_enc, b_dec = _encode_prologue("encode_threshold", x, W_enc, b_enc, b_dec)
     threshold = _vector("encode_threshold", "threshold", threshold, d_sae, T)
     n = x.shape[0]
-    packed = PACKED_ENCODERS.get(W_enc)
+    packed = _packed("encode_threshold", packed, W_enc)
     result = _C.encode_threshold(dtype_code(T), dtype_code(W_enc.dtype), n, d_in, d_sae, x.data_ptr(),
                                  packed.data_ptr(), b_enc.data_ptr(), _ptr(b_dec), _ptr(threshold))
     width = result.max_count

@@ -1,0 +1,55 @@
+"""SparseCodes behaviour and build_info."""
+import pytest
+import torch
+
+import sae_native as sn
+from helpers import make_pair, randn
+
+
+def test_build_info_names_the_kernel_variant():
+    info = sn.build_info()
+    for key in ("version", "cpu_isa", "cuda_compiled", "cuda_archs", "num_threads"):
+        assert key in info
+    assert info["cpu_isa"] in info["cpu_isas_supported"]
+    assert isinstance(info["cuda_compiled"], bool) and isinstance(info["cuda_archs"], list)
+    assert info["version"] == sn.__version__
+
+
+def test_public_names():
+    assert set(sn.__all__) >= {"SAE", "SparseCodes", "functional", "build_info", "set_num_threads"}
+    for name in ("encode", "decode", "steer", "reconstruct"):
+        assert callable(getattr(sn.functional, name))
+
+
+def test_isa_environment_variable_forces_a_variant():
+    import subprocess
+    import sys
+    env_isa = sn.build_info()["cpu_isas_supported"][-1]
+    out = subprocess.run([sys.executable, "-c", "import sae_native as sn; print(sn.build_info()['cpu_isa'])"],
+                         capture_output=True, text=True, env={**__import__("os").environ, "SAE_NATIVE_ISA": env_isa})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == env_isa
+
+
+def test_sparse_codes_validation_and_helpers():
+    with pytest.raises(ValueError, match="indices: expected the shape of values"):
+        sn.SparseCodes(torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.int64), 10)
+    with pytest.raises(TypeError, match="indices: expected int64"):
+        sn.SparseCodes(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.int32), 10)
+    with pytest.raises(ValueError, match="counts: expected shape"):
+        sn.SparseCodes(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.int64), 10, torch.zeros(3))
+    codes = sn.SparseCodes(torch.tensor([[3.0, 1.0, 0.0]]), torch.tensor([[4, 0, 7]]), 10)
+    assert codes.counts.tolist() == [2] and codes.k == 3 and codes.shape == (1,)
+    assert codes.to_dense().tolist() == [[1.0, 0, 0, 0, 3.0, 0, 0, 0, 0, 0]]
+    assert "SparseCodes(shape=[1], k=3, d_sae=10" in repr(codes)
+
+
+def test_sae_attributes_and_to():
+    sae, _ = make_pair(8, 20, "topk", 4)
+    assert (sae.d_in, sae.d_sae, sae.k, sae.activation) == (8, 20, 4, "topk")
+    assert sae.W_enc.shape == (8, 20) and sae.W_dec.shape == (20, 8) and sae.threshold is None
+    bf = sae.to(dtype=torch.bfloat16)
+    assert bf.W_enc.dtype == torch.bfloat16 and sae.W_enc.dtype == torch.float32
+    x = randn(5, 8)
+    torch.testing.assert_close(bf(x), sae(x), atol=0.05, rtol=0.05)
+    assert "SAE(d_in=8, d_sae=20, activation='topk', k=4" in repr(sae)

@@ -1,0 +1,123 @@
+"""Clamped reconstruction (steering) against the float64 reference, every mode and path."""
+import itertools
+
+import pytest
+import torch
+
+import sae_native as sn
+from helpers import make_pair, make_weights, randn
+
+MODES = ["set", "scale", "add"]
+WHERE = ["always", "active"]
+
+
+def _clamp_for(sae, x, seed=0):
+    """A clamp over features that fire somewhere and features that never do."""
+    codes = sae.encode(x)
+    fired = torch.unique(codes.indices[codes.values > 0]).tolist()
+    g = torch.Generator().manual_seed(seed)
+    picks = [fired[int(i)] for i in torch.randperm(len(fired), generator=g)[:3]] if fired else []
+    silent = [f for f in range(sae.d_sae) if f not in fired][:2]
+    return {f: float(v) for f, v in zip(picks + silent, [5.0, 0.0, 2.5, 7.0, -1.5])}
+
+
+@pytest.mark.parametrize("activation", ["topk", "jumprelu", "relu"])
+@pytest.mark.parametrize("mode,where,keep_error", list(itertools.product(MODES, WHERE, [True, False])))
+def test_steer_matches_reference(threads, activation, mode, where, keep_error):
+    sae, ref = make_pair(23, 97, activation, 11, seed=4)
+    x = randn(17, 23, seed=2)
+    clamp = _clamp_for(sae, x)
+    got = sae.steer(x, clamp, mode=mode, keep_error=keep_error, where=where)
+    want = ref.steer(x, clamp, mode, keep_error, where)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    torch.testing.assert_close(got.double(), want, atol=5e-5, rtol=5e-5)
+
+
+@pytest.mark.parametrize("d_in,d_sae", [(1, 1), (1, 5), (7, 1), (13, 31), (17, 16)])
+def test_steer_odd_sizes(d_in, d_sae):
+    for activation in ("topk", "jumprelu"):
+        sae, ref = make_pair(d_in, d_sae, activation, 1)
+        x = randn(5, d_in)
+        clamp = {d_sae - 1: 3.0}
+        for keep_error in (True, False):
+            got = sae.steer(x, clamp, keep_error=keep_error)
+            torch.testing.assert_close(got.double(), ref.steer(x, clamp, "set", keep_error, "always"),
+                                       atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["jumprelu", "relu"])
+def test_threshold_fast_path_equals_codes_path(activation):
+    # keep_error on threshold SAEs reads only the clamped columns; the general path must agree.
+    w = make_weights(40, 300, activation)
+    sae = sn.SAE(**w)
+    x = randn(25, 40)
+    clamp = _clamp_for(sae, x)
+    fast = sae.steer(x, clamp)
+    features = torch.tensor(list(clamp), dtype=torch.int64)
+    targets = torch.tensor(list(clamp.values()))
+    codes = sae.encode(x)
+    slow, _ = torch.ops.sae_native.steer_codes(x, codes.values, codes.indices, w["W_dec"], w["b_dec"], features,
+                                              targets, "set", False, True)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_exact_single_feature_formula():
+    # y = x + (v - z_f) W_dec[f] at every position (what the hooks issue relies on).
+    sae, ref = make_pair(30, 120, "jumprelu")
+    x = randn(3, 4, 30)
+    f, v = 17, 9.0
+    z = sae.encode(x).to_dense()[..., f]
+    y = sae.steer(x, {f: v})
+    torch.testing.assert_close(y, x + (v - z)[..., None] * sae.W_dec[f], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["topk", "jumprelu"])
+def test_empty_clamp(activation):
+    sae, _ = make_pair(20, 50, activation, 5)
+    x = randn(6, 20)
+    assert torch.equal(sae.steer(x, {}), x)
+    torch.testing.assert_close(sae.steer(x, {}, keep_error=False), sae(x))
+
+
+def test_clamp_as_tensor_pair_and_leading_dims():
+    sae, _ = make_pair(20, 50, "topk", 5)
+    x = randn(2, 3, 20)
+    a = sae.steer(x, {3: 2.0, 7: 1.0})
+    b = sae.steer(x, (torch.tensor([3, 7]), torch.tensor([2.0, 1.0])))
+    c = sae.steer(x, ([3, 7], [2.0, 1.0]))
+    assert a.shape == (2, 3, 20)
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_steer_empty_batch():
+    for activation in ("topk", "jumprelu"):
+        sae, _ = make_pair(8, 20, activation, 3)
+        for keep_error in (True, False):
+            assert sae.steer(torch.empty(0, 8), {1: 1.0}, keep_error=keep_error).shape == (0, 8)
+
+
+def test_steer_bf16_model_activations():
+    # A bf16 model's activations with an fp32 SAE: computed in fp32, returned in bf16.
+    sae, ref = make_pair(16, 40, "jumprelu")
+    x = randn(5, 16).to(torch.bfloat16)
+    y = sae.steer(x, {2: 4.0})
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), ref.steer(x.float(), {2: 4.0}, "set", True, "always"), atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float64])
+def test_steer_weight_dtypes(wdtype):
+    sae, ref = make_pair(16, 40, "topk", 4, dtype=wdtype)
+    xdtype = torch.float64 if wdtype == torch.float64 else torch.float32
+    x = randn(5, 16, dtype=xdtype)
+    tol = 1e-10 if wdtype == torch.float64 else 1e-4
+    for keep_error in (True, False):
+        torch.testing.assert_close(sae.steer(x, {2: 4.0}, keep_error=keep_error).double(),
+                                   ref.steer(x, {2: 4.0}, "set", keep_error, "always"), atol=tol, rtol=tol)
+
+
+def test_functional_steer_matches_sae():
+    w = make_weights(12, 44, "jumprelu")
+    sae = sn.SAE(**w)
+    x = randn(4, 12)
+    assert torch.equal(sae.steer(x, {5: 3.0}, mode="add"), sn.functional.steer(x, **w, clamp={5: 3.0}, mode="add"))

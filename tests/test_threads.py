@@ -1,0 +1,95 @@
+"""The native thread pool: sizing, and concurrent calls from several Python threads."""
+import threading
+
+import pytest
+import torch
+
+import sae_native as sn
+from helpers import make_pair, randn
+
+
+def test_set_num_threads_round_trip():
+    before = sn.get_num_threads()
+    try:
+        for n in (1, 3, 2):
+            sn.set_num_threads(n)
+            assert sn.get_num_threads() == n and sn.build_info()["num_threads"] == n
+    finally:
+        sn.set_num_threads(before)
+
+
+def test_default_follows_torch():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import torch; torch.set_num_threads(3); import sae_native as sn; "
+                                                "print(sn.get_num_threads())"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3"
+
+
+@pytest.mark.parametrize("bad", [0, -2])
+def test_set_num_threads_rejects_non_positive(bad):
+    with pytest.raises(ValueError, match="n: expected an int >= 1"):
+        sn.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, "2", True, None])
+def test_set_num_threads_rejects_non_int(bad):
+    with pytest.raises(TypeError, match="n: expected an int"):
+        sn.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("activation", ["topk", "jumprelu"])
+def test_concurrent_calls_match_serial(activation):
+    sae, _ = make_pair(32, 700, activation, 16)
+    inputs = [randn(n, 32, seed=n) for n in (1, 5, 40, 130, 7, 64, 2, 300)]
+    serial = [(sae.encode(x).values, sae(x), sae.steer(x, {4: 2.0})) for x in inputs]
+    results = [None] * len(inputs)
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                x = inputs[i]
+                results[i] = (sae.encode(x).values, sae(x), sae.steer(x, {4: 2.0}))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    before = sn.get_num_threads()
+    sn.set_num_threads(3)
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sn.set_num_threads(before)
+    assert not errors, errors
+    for got, want in zip(results, serial):
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+
+def test_gil_is_released_during_kernels():
+    # A second Python thread makes progress while a long encode runs.
+    sae, _ = make_pair(64, 20000, "topk", 8)
+    x = randn(600, 64)
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(1)
+            stop.wait(0.001)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    try:
+        before = len(ticks)
+        sae.encode(x)
+        during = len(ticks) - before
+    finally:
+        stop.set()
+        t.join()
+    assert during > 0
