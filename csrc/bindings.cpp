@@ -67,6 +67,20 @@ class ThresholdResult {
   std::variant<ThresholdCodes<float>, ThresholdCodes<double>> codes_;
 };
 
+template <class T>
+EncodeInputs<T> encode_inputs(index_t n, index_t d_in, index_t d_sae, ptr_t x, ptr_t b_enc, ptr_t b_dec,
+                              ptr_t threshold) {
+  EncodeInputs<T> in;
+  in.n = n;
+  in.d_in = d_in;
+  in.d_sae = d_sae;
+  in.x = as<const T>(x);
+  in.b_enc = as<const T>(b_enc);
+  in.b_dec = as<const T>(b_dec);
+  in.threshold = as<const T>(threshold);
+  return in;
+}
+
 template <class T> Clamp<T> make_clamp(index_t count, ptr_t features, ptr_t targets, int mode, bool only_active) {
   if (mode < 0 || mode > 2) throw std::invalid_argument("clamp mode must be 0 (set), 1 (scale) or 2 (add)");
   Clamp<T> c;
@@ -116,9 +130,7 @@ PYBIND11_MODULE(_C, m) {
     dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
-      EncodeInputs<T> in;
-      in.n = n; in.d_in = d_in; in.d_sae = d_sae;
-      in.x = as<const T>(x); in.b_enc = as<const T>(b_enc); in.b_dec = as<const T>(b_dec);
+      const auto in = encode_inputs<T>(n, d_in, d_sae, x, b_enc, b_dec, 0);
       encode_topk<T, W>(in, as<const W>(packed), k, as<T>(values), as<index_t>(indices));
     });
   }, nogil);
@@ -133,10 +145,7 @@ PYBIND11_MODULE(_C, m) {
     dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
-      EncodeInputs<T> in;
-      in.n = n; in.d_in = d_in; in.d_sae = d_sae;
-      in.x = as<const T>(x); in.b_enc = as<const T>(b_enc); in.b_dec = as<const T>(b_dec);
-      in.threshold = as<const T>(threshold);
+      const auto in = encode_inputs<T>(n, d_in, d_sae, x, b_enc, b_dec, threshold);
       result = std::make_unique<ThresholdResult>(encode_threshold<T, W>(in, as<const W>(packed)));
     });
     return result;

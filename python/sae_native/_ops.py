@@ -161,9 +161,13 @@ def steer_threshold(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_de
     raise _no_backend("steer_threshold", x, W_enc)
 
 
+def _steer_outputs(x: Tensor, features: Tensor):
+    return torch.empty_like(x), x.new_empty(x.shape[0], features.shape[0])
+
+
 @steer_threshold.register_fake
 def _(x, W_enc, b_enc, W_dec, b_dec, threshold, features, targets, mode, only_active):
-    return torch.empty_like(x), x.new_empty(x.shape[0], features.shape[0])
+    return _steer_outputs(x, features)
 
 
 def _steer_threshold_setup(ctx, inputs, output):
@@ -218,7 +222,7 @@ def steer_codes(x: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor, b_dec
 
 @steer_codes.register_fake
 def _(x, values, indices, W_dec, b_dec, features, targets, mode, only_active, keep_error):
-    return torch.empty_like(x), x.new_empty(x.shape[0], features.shape[0])
+    return _steer_outputs(x, features)
 
 
 def _steer_codes_setup(ctx, inputs, output):
