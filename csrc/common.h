@@ -14,7 +14,7 @@ using index_t = int64_t;
 struct bf16 { uint16_t bits; };
 struct f16 { uint16_t bits; };
 
-inline float widen_bf16(uint16_t b) {
+static inline float widen_bf16(uint16_t b) {
   uint32_t u = uint32_t(b) << 16;
   float f;
   std::memcpy(&f, &u, sizeof f);
@@ -22,7 +22,7 @@ inline float widen_bf16(uint16_t b) {
 }
 
 // IEEE half -> float without F16C (the generic path must run everywhere).
-inline float widen_f16(uint16_t h) {
+static inline float widen_f16(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu;
   uint32_t man = h & 0x3ffu;
@@ -44,10 +44,12 @@ inline float widen_f16(uint16_t h) {
 }
 
 // widen<Acc>(w): a weight of any storage type as the accumulation type.
-template <class Acc> inline Acc widen(float w) { return Acc(w); }
-template <class Acc> inline Acc widen(double w) { return Acc(w); }
-template <class Acc> inline Acc widen(bf16 w) { return Acc(widen_bf16(w.bits)); }
-template <class Acc> inline Acc widen(f16 w) { return Acc(widen_f16(w.bits)); }
+// (static: each translation unit keeps its own copy, so a copy compiled with AVX-512 flags in a
+// per-ISA kernel file can never be the one the linker hands to the generic code.)
+template <class Acc> static inline Acc widen(float w) { return Acc(w); }
+template <class Acc> static inline Acc widen(double w) { return Acc(w); }
+template <class Acc> static inline Acc widen(bf16 w) { return Acc(widen_bf16(w.bits)); }
+template <class Acc> static inline Acc widen(f16 w) { return Acc(widen_f16(w.bits)); }
 
 // Element type codes shared with Python (python/sae_native/backends/cpu.py).
 enum class DType : int { f32 = 0, f64 = 1, bf16 = 2, f16 = 3 };

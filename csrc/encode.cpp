@@ -39,15 +39,16 @@ Plan make_plan(index_t n, index_t d_in, index_t d_sae, int tile_rows) {
   return p;
 }
 
-// Runs the blocked loop for one task and hands each finished tile to `epilogue(row, panel, acc)`
-// where acc holds the row's kPanel pre-activations without bias.
+// Runs the blocked loop for one task and hands each finished tile row to
+// `epilogue(row, first_panel, panels, acc_row)`, where acc_row holds panels * kPanel
+// pre-activations without bias.
 template <class T, class W, class Epilogue>
-void run_task(const EncodeInputs<T>& in, const W* packed, const Plan& plan, index_t task,
-              TileFn<T, W> tile, int tile_rows, std::vector<T>& u, Epilogue&& epilogue) {
+void run_task(const EncodeInputs<T>& in, const W* packed, const Plan& plan, index_t task, const Tile<T, W>& tile,
+              std::vector<T>& u, Epilogue&& epilogue) {
   const index_t rb = task / plan.splits, s = task % plan.splits;
   const index_t r0 = rb * plan.row_block, r1 = std::min(in.n, r0 + plan.row_block);
   const index_t p0 = plan.panel_begin(s), p1 = plan.panel_begin(s + 1);
-  const index_t d_in = in.d_in;
+  const index_t d_in = in.d_in, panel_stride = d_in * kPanel;
   u.resize(size_t((r1 - r0) * d_in));
   for (index_t r = r0; r < r1; ++r) {
     const T* xr = in.x + r * d_in;
@@ -57,15 +58,22 @@ void run_task(const EncodeInputs<T>& in, const W* packed, const Plan& plan, inde
     else
       std::copy(xr, xr + d_in, ur);
   }
-  T acc[kMaxTileRows * kPanel];
-  for (index_t p = p0; p < p1; ++p) {
-    const W* panel = packed + p * d_in * kPanel;
-    for (index_t t0 = r0; t0 < r1; t0 += tile_rows) {
-      const int rows = int(std::min<index_t>(tile_rows, r1 - t0));
-      tile(u.data() + (t0 - r0) * d_in, d_in, rows, panel, d_in, acc);
-      for (int r = 0; r < rows; ++r) epilogue(t0 + r, p, acc + r * kPanel);
+  alignas(64) T acc[kMaxTileRows * kMaxTileLanes];
+  const index_t ld_acc = index_t(tile.panels) * kPanel;
+  for (index_t p = p0; p < p1; p += tile.panels) {
+    const int panels = int(std::min<index_t>(tile.panels, p1 - p));
+    const W* panel = packed + p * panel_stride;
+    for (index_t t0 = r0; t0 < r1; t0 += tile.rows) {
+      const int rows = int(std::min<index_t>(tile.rows, r1 - t0));
+      tile.fn(u.data() + (t0 - r0) * d_in, d_in, rows, panel, panel_stride, panels, d_in, acc, ld_acc);
+      for (int r = 0; r < rows; ++r) epilogue(t0 + r, p, panels, acc + r * ld_acc);
     }
   }
+}
+
+// Lanes of a tile row that are real latents (the last panel may run past d_sae).
+inline int live_lanes(index_t first_latent, int panels, index_t d_sae) {
+  return int(std::min<index_t>(index_t(panels) * kPanel, d_sae - first_latent));
 }
 
 }  // namespace
@@ -75,9 +83,9 @@ void encode_topk(const EncodeInputs<T>& in, const W* packed, index_t k, T* value
                  index_t* indices) {
   if (in.n == 0) return;
   const EncodeKernels& kernels = active_kernels();
-  const TileFn<T, W> tile = tile_fn<T, W>(kernels);
-  const int tile_rows = kernels.tile_rows;
-  const Plan plan = make_plan<T>(in.n, in.d_in, in.d_sae, tile_rows);
+  const Tile<T, W> tile = tile_of<T, W>(kernels);
+  const Screen<T> screen = screen_of<T>(kernels);
+  const Plan plan = make_plan<T>(in.n, in.d_in, in.d_sae, tile.rows);
   const index_t cap = topk_capacity(k);
   const index_t d_sae = in.d_sae;
 
@@ -110,12 +118,15 @@ void encode_topk(const EncodeInputs<T>& in, const W* packed, index_t k, T* value
     for (index_t r = r0; r < r1; ++r) bufs.emplace_back(base + (r - r0) * stride, k, cap);
 
     std::vector<T> u;
-    run_task(in, packed, plan, task, tile, tile_rows, u, [&](index_t row, index_t p, const T* acc) {
+    run_task(in, packed, plan, task, tile, u, [&](index_t row, index_t p, int panels, T* acc) {
       TopKBuffer<T>& buf = bufs[size_t(row - r0)];
-      const index_t first = p * kPanel, width = std::min(kPanel, d_sae - first);
-      for (index_t l = 0; l < width; ++l) {
-        const T pre = acc[l] + in.b_enc[first + l];
-        if (buf.admits(pre)) buf.push(pre, first + l);
+      if (buf.closed()) return;
+      const index_t first = p * kPanel;
+      // One SIMD compare against the row's k-th value so far; hits are rare once it has risen.
+      for (uint64_t hits = screen.topk(acc, in.b_enc + first, live_lanes(first, panels, d_sae), buf.bar());
+           hits != 0; hits &= hits - 1) {
+        const int l = __builtin_ctzll(hits);
+        buf.push(acc[l], first + l);
       }
     });
 
@@ -152,24 +163,32 @@ ThresholdCodes<T> encode_threshold(const EncodeInputs<T>& in, const W* packed) {
   out.offsets.assign(size_t(in.n + 1), 0);
   if (in.n == 0) return out;
   const EncodeKernels& kernels = active_kernels();
-  const TileFn<T, W> tile = tile_fn<T, W>(kernels);
-  const int tile_rows = kernels.tile_rows;
-  const Plan plan = make_plan<T>(in.n, in.d_in, in.d_sae, tile_rows);
+  const Tile<T, W> tile = tile_of<T, W>(kernels);
+  const Screen<T> screen = screen_of<T>(kernels);
+  const Plan plan = make_plan<T>(in.n, in.d_in, in.d_sae, tile.rows);
   const index_t d_sae = in.d_sae;
+  // ReLU is JumpReLU with threshold 0.
+  std::vector<T> zeros;
+  const T* threshold = in.threshold;
+  if (threshold == nullptr) {
+    zeros.assign(size_t(d_sae), T(0));
+    threshold = zeros.data();
+  }
 
   // parts[row * splits + split]: that split's active latents of the row, in latent order.
   std::vector<std::vector<Cand<T>>> parts(size_t(in.n * plan.splits));
   parallel_for(plan.tasks(), [&](index_t task) {
     const index_t s = task % plan.splits;
     std::vector<T> u;
-    run_task(in, packed, plan, task, tile, tile_rows, u, [&](index_t row, index_t p, const T* acc) {
+    run_task(in, packed, plan, task, tile, u, [&](index_t row, index_t p, int panels, T* acc) {
       std::vector<Cand<T>>& list = parts[size_t(row * plan.splits + s)];
-      const index_t first = p * kPanel, width = std::min(kPanel, d_sae - first);
-      for (index_t l = 0; l < width; ++l) {
-        const T pre = acc[l] + in.b_enc[first + l];
-        const T thr = in.threshold != nullptr ? in.threshold[first + l] : T(0);
-        // z = relu(pre) * (pre > thr); NaN stays NaN (and active), as in the dense formula.
-        if ((pre > thr && pre > T(0)) || std::isnan(pre)) list.push_back(Cand<T>{pre, first + l});
+      const index_t first = p * kPanel;
+      // z = relu(pre) * (pre > thr) is non-zero; NaN stays NaN (and active), as in the dense formula.
+      for (uint64_t hits = screen.threshold(acc, in.b_enc + first, threshold + first,
+                                            live_lanes(first, panels, d_sae));
+           hits != 0; hits &= hits - 1) {
+        const int l = __builtin_ctzll(hits);
+        list.push_back(Cand<T>{acc[l], first + l});
       }
     });
   });

@@ -6,18 +6,19 @@
 namespace sae {
 namespace {
 
-const EncodeKernels* const kAll[] = {&kGenericKernels};
+// Variants compiled in (a null entry was not: see CMakeLists.txt).
+const EncodeKernels* const kAll[] = {&kGenericKernels, kAvx2Kernels, kAvx512Kernels};
 
 const EncodeKernels* best_supported() {
   const EncodeKernels* best = nullptr;
   for (const EncodeKernels* k : kAll)
-    if (k->supported() && (best == nullptr || k->rank > best->rank)) best = k;
+    if (k != nullptr && k->supported() && (best == nullptr || k->rank > best->rank)) best = k;
   return best;
 }
 
 const EncodeKernels* find_supported(const std::string& name) {
   for (const EncodeKernels* k : kAll)
-    if (name == k->isa && k->supported()) return k;
+    if (k != nullptr && name == k->isa && k->supported()) return k;
   return nullptr;
 }
 
@@ -28,16 +29,25 @@ const EncodeKernels* initial() {
   return best_supported();
 }
 
-std::atomic<const EncodeKernels*> g_active{initial()};
+// Chosen on first use (at import, through build_info), never during static initialisation.
+std::atomic<const EncodeKernels*>& active() {
+  static std::atomic<const EncodeKernels*> chosen{initial()};
+  return chosen;
+}
 
 }  // namespace
 
-const EncodeKernels& active_kernels() { return *g_active.load(); }
+#ifndef SAE_NATIVE_X86_KERNELS
+const EncodeKernels* const kAvx2Kernels = nullptr;
+const EncodeKernels* const kAvx512Kernels = nullptr;
+#endif
+
+const EncodeKernels& active_kernels() { return *active().load(); }
 
 std::vector<std::string> supported_isas() {
   std::vector<const EncodeKernels*> ks;
   for (const EncodeKernels* k : kAll)
-    if (k->supported()) ks.push_back(k);
+    if (k != nullptr && k->supported()) ks.push_back(k);
   std::vector<std::string> names;
   while (!ks.empty()) {
     size_t best = 0;
@@ -52,7 +62,7 @@ std::vector<std::string> supported_isas() {
 bool select_isa(const std::string& name) {
   const EncodeKernels* k = find_supported(name);
   if (k == nullptr) return false;
-  g_active.store(k);
+  active().store(k);
   return true;
 }
 
