@@ -82,7 +82,7 @@ template <class T, class W>
 void encode_topk(const EncodeInputs<T>& in, const W* packed, index_t k, T* values,
                  index_t* indices) {
   if (in.n == 0) return;
-  const EncodeKernels& kernels = active_kernels();
+  const IsaKernels& kernels = active_kernels();
   const Tile<T, W> tile = tile_of<T, W>(kernels);
   const Screen<T> screen = screen_of<T>(kernels);
   const Plan plan = make_plan<T>(in.n, in.d_in, in.d_sae, tile.rows);
@@ -162,7 +162,7 @@ ThresholdCodes<T> encode_threshold(const EncodeInputs<T>& in, const W* packed) {
   ThresholdCodes<T> out;
   out.offsets.assign(size_t(in.n + 1), 0);
   if (in.n == 0) return out;
-  const EncodeKernels& kernels = active_kernels();
+  const IsaKernels& kernels = active_kernels();
   const Tile<T, W> tile = tile_of<T, W>(kernels);
   const Screen<T> screen = screen_of<T>(kernels);
   const Plan plan = make_plan<T>(in.n, in.d_in, in.d_sae, tile.rows);

@@ -7,46 +7,46 @@ namespace sae {
 namespace {
 
 // Variants compiled in (a null entry was not: see CMakeLists.txt).
-const EncodeKernels* const kAll[] = {&kGenericKernels, kAvx2Kernels, kAvx512Kernels};
+const IsaKernels* const kAll[] = {&kGenericKernels, kAvx2Kernels, kAvx512Kernels};
 
-const EncodeKernels* best_supported() {
-  const EncodeKernels* best = nullptr;
-  for (const EncodeKernels* k : kAll)
+const IsaKernels* best_supported() {
+  const IsaKernels* best = nullptr;
+  for (const IsaKernels* k : kAll)
     if (k != nullptr && k->supported() && (best == nullptr || k->rank > best->rank)) best = k;
   return best;
 }
 
-const EncodeKernels* find_supported(const std::string& name) {
-  for (const EncodeKernels* k : kAll)
+const IsaKernels* find_supported(const std::string& name) {
+  for (const IsaKernels* k : kAll)
     if (k != nullptr && name == k->isa && k->supported()) return k;
   return nullptr;
 }
 
-const EncodeKernels* initial() {
+const IsaKernels* initial() {
   if (const char* forced = std::getenv("SAE_NATIVE_ISA")) {
-    if (const EncodeKernels* k = find_supported(forced)) return k;
+    if (const IsaKernels* k = find_supported(forced)) return k;
   }
   return best_supported();
 }
 
 // Chosen on first use (at import, through build_info), never during static initialisation.
-std::atomic<const EncodeKernels*>& active() {
-  static std::atomic<const EncodeKernels*> chosen{initial()};
+std::atomic<const IsaKernels*>& active() {
+  static std::atomic<const IsaKernels*> chosen{initial()};
   return chosen;
 }
 
 }  // namespace
 
 #ifndef SAE_NATIVE_X86_KERNELS
-const EncodeKernels* const kAvx2Kernels = nullptr;
-const EncodeKernels* const kAvx512Kernels = nullptr;
+const IsaKernels* const kAvx2Kernels = nullptr;
+const IsaKernels* const kAvx512Kernels = nullptr;
 #endif
 
-const EncodeKernels& active_kernels() { return *active().load(); }
+const IsaKernels& active_kernels() { return *active().load(); }
 
 std::vector<std::string> supported_isas() {
-  std::vector<const EncodeKernels*> ks;
-  for (const EncodeKernels* k : kAll)
+  std::vector<const IsaKernels*> ks;
+  for (const IsaKernels* k : kAll)
     if (k != nullptr && k->supported()) ks.push_back(k);
   std::vector<std::string> names;
   while (!ks.empty()) {
@@ -60,7 +60,7 @@ std::vector<std::string> supported_isas() {
 }
 
 bool select_isa(const std::string& name) {
-  const EncodeKernels* k = find_supported(name);
+  const IsaKernels* k = find_supported(name);
   if (k == nullptr) return false;
   active().store(k);
   return true;

@@ -4,13 +4,13 @@
 #include <string>
 #include <vector>
 
-#include "encode_tile.h"
+#include "isa_kernels.h"
 
 namespace sae {
 
 // The variant in use. Initially the best the CPU supports, or the one named by the environment
 // variable SAE_NATIVE_ISA if that is supported (a way to test lower variants).
-const EncodeKernels& active_kernels();
+const IsaKernels& active_kernels();
 
 // Names of the variants compiled in and supported by this CPU, best first.
 std::vector<std::string> supported_isas();

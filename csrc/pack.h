@@ -2,7 +2,7 @@
 #pragma once
 
 #include "common.h"
-#include "encode_tile.h"
+#include "isa_kernels.h"
 
 namespace sae {
 

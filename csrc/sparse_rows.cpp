@@ -1,7 +1,9 @@
 #include "sparse_rows.h"
 
 #include <algorithm>
+#include <type_traits>
 
+#include "isa.h"
 #include "thread_pool.h"
 
 namespace sae {
@@ -16,6 +18,16 @@ template <class T, class W>
 void combine_rows(index_t n, index_t k, const T* values, const index_t* indices,
                   const Strided<W>& w, const T* bias, T* out) {
   const index_t d = w.cols;
+  if constexpr (std::is_same<T, float>::value) {
+    if (w.col_stride == 1) {  // the common case: W_dec rows contiguous -> the ISA's row kernel
+      const DecodeRowFn<W> row = decode_row_of<W>(active_kernels());
+      parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
+        for (index_t r = r0; r < r1; ++r)
+          row(k, values + r * k, indices + r * k, w.data, w.rows, w.row_stride, d, bias, out + r * d);
+      });
+      return;
+    }
+  }
   parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
       T* o = out + r * d;

@@ -16,7 +16,7 @@ def _codes(n, k, d_sae, seed=0, dtype=torch.float32):
 
 @pytest.mark.parametrize("d_in", SIZES_D_IN)
 @pytest.mark.parametrize("d_sae", SIZES_D_SAE)
-def test_decode_matches_dense(threads, d_in, d_sae):
+def test_decode_matches_dense(isa, threads, d_in, d_sae):
     w = make_weights(d_in, d_sae, "topk", 1)
     for k in sorted({1, max(1, d_sae // 2), d_sae}):
         vals, idx = _codes(13, k, d_sae, seed=k)
@@ -27,7 +27,7 @@ def test_decode_matches_dense(threads, d_in, d_sae):
         torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
 
 
-def test_decode_without_bias_and_padding():
+def test_decode_without_bias_and_padding(isa):
     w = make_weights(10, 30)
     vals, idx = _codes(6, 5, 30)
     idx[:, 3:] = -1  # padding is skipped whatever its value
@@ -38,7 +38,7 @@ def test_decode_without_bias_and_padding():
 
 
 @pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float16, torch.float64])
-def test_decode_weight_dtypes(wdtype):
+def test_decode_weight_dtypes(isa, wdtype):
     w = make_weights(21, 70, dtype=wdtype)
     vals, idx = _codes(9, 6, 70, dtype=torch.float64 if wdtype == torch.float64 else torch.float32)
     got = sn.functional.decode(vals, idx, w["W_dec"], w["b_dec"])
@@ -50,7 +50,7 @@ def test_decode_weight_dtypes(wdtype):
 
 
 @pytest.mark.parametrize("activation", ["topk", "jumprelu", "relu"])
-def test_reconstruction_matches_reference(activation):
+def test_reconstruction_matches_reference(isa, activation):
     sae, ref = make_pair(37, 211, activation, 19)
     x = randn(4, 6, 37)
     got = sae(x)
@@ -67,6 +67,20 @@ def test_decode_accepts_a_pair_and_leading_dims():
     a = sae.decode(codes)
     b = sae.decode((codes.values, codes.indices))
     assert a.shape == (2, 5, 12) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("d_in", [1, 15, 16, 17, 63, 64, 65, 127, 128, 129, 300])
+def test_decode_chunk_edges(isa, d_in):
+    # Row kernels work in register chunks (64 / 128 floats) with masked or scalar tails.
+    w = make_weights(d_in, 50)
+    vals, idx = _codes(5, 7, 50)
+    idx[0, 2] = -1
+    vals[1, 3] = 0.0
+    dense = torch.zeros(5, 50, dtype=torch.float64).scatter_add(-1, idx.clamp_min(0), vals.double() * (idx >= 0))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        W = w["W_dec"].to(dtype)
+        got = sn.functional.decode(vals, idx, W, w["b_dec"])
+        torch.testing.assert_close(got.double(), dense @ W.double() + w["b_dec"].double(), atol=1e-5, rtol=1e-5)
 
 
 def test_decode_strided_weights():

@@ -3,7 +3,7 @@
 // fp32, or bf16 / fp16 widened in registers. Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt).
 #include <immintrin.h>
 
-#include "encode_tile_portable.h"
+#include "isa_kernels_portable.h"
 
 namespace sae {
 namespace {
@@ -80,12 +80,59 @@ uint64_t screen_threshold(float* pre, const float* bias, const float* thr, int l
   return mask | (l < lanes ? portable::screen_threshold<float>(pre + l, bias + l, thr + l, lanes - l) << l : 0);
 }
 
+// Decode: a chunk of up to 8 ymm (64 floats) of the output row stays in registers while the k
+// weight rows stream past, each prefetched kDecodeAhead rows early. A tail under 8 floats goes
+// through the portable loop.
+constexpr index_t kDecodeChunk = 64;
+template <class W, int NV>
+void decode_chunk(index_t k, const float* values, const index_t* indices, const W* w, index_t rows, index_t ld_row,
+                  index_t c0, index_t d, const float* bias, float* out) {
+  __m256 acc[NV];
+#pragma GCC unroll 8
+  for (int c = 0; c < NV; ++c) acc[c] = bias != nullptr ? _mm256_loadu_ps(bias + c0 + 8 * c) : _mm256_setzero_ps();
+  for (index_t j = 0; j < k; ++j) {
+    portable::prefetch_ahead<W, kDecodeChunk>(indices, k, j, w, rows, ld_row, c0, d);
+    const index_t f = indices[j];
+    const float v = values[j];
+    if (f < 0 || f >= rows || v == 0.0f) continue;
+    const W* src = w + f * ld_row + c0;
+    const __m256 vv = _mm256_set1_ps(v);
+#pragma GCC unroll 8
+    for (int c = 0; c < NV; ++c) acc[c] = _mm256_fmadd_ps(vv, load8(src + 8 * c), acc[c]);
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < NV; ++c) _mm256_storeu_ps(out + c0 + 8 * c, acc[c]);
+}
+
+template <class W>
+void decode_row(index_t k, const float* values, const index_t* indices, const W* w, index_t rows, index_t ld_row,
+                index_t d, const float* bias, float* out) {
+  portable::prefetch_start<W, kDecodeChunk>(indices, k, w, rows, ld_row, d);
+  index_t c0 = 0;
+  for (; c0 + 64 <= d; c0 += 64) decode_chunk<W, 8>(k, values, indices, w, rows, ld_row, c0, d, bias, out);
+  const index_t left = (d - c0) / 8;
+  switch (left) {
+    case 1: decode_chunk<W, 1>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
+    case 2: decode_chunk<W, 2>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
+    case 3: decode_chunk<W, 3>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
+    case 4: decode_chunk<W, 4>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
+    case 5: decode_chunk<W, 5>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
+    case 6: decode_chunk<W, 6>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
+    case 7: decode_chunk<W, 7>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
+    default: break;
+  }
+  c0 += 8 * left;
+  if (c0 < d)  // the last d % 8 columns
+    portable::decode_row<W>(k, values, indices, w + c0, rows, ld_row, d - c0, bias != nullptr ? bias + c0 : nullptr,
+                            out + c0);
+}
+
 bool supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
-const EncodeKernels kTable = {
+const IsaKernels kTable = {
     "avx2", 10, supported,
     {tile<float>, 6, 1},
     {tile<bf16>, 6, 1},
@@ -93,10 +140,11 @@ const EncodeKernels kTable = {
     {portable::tile<double, double>, 4, 1},
     {screen_topk, screen_threshold},
     {portable::screen_topk<double>, portable::screen_threshold<double>},
+    decode_row<float>, decode_row<bf16>, decode_row<f16>,
 };
 
 }  // namespace
 
-const EncodeKernels* const kAvx2Kernels = &kTable;
+const IsaKernels* const kAvx2Kernels = &kTable;
 
 }  // namespace sae

@@ -1,12 +1,12 @@
 // Generic encode tile: the portable templates under the baseline ISA flags.
-#include "encode_tile_portable.h"
+#include "isa_kernels_portable.h"
 
 namespace sae {
 namespace {
 bool always() { return true; }
 }  // namespace
 
-const EncodeKernels kGenericKernels = {
+const IsaKernels kGenericKernels = {
     "generic", 0, always,
     {portable::tile<float, float>, 4, 1},
     {portable::tile<float, bf16>, 4, 1},
@@ -14,6 +14,7 @@ const EncodeKernels kGenericKernels = {
     {portable::tile<double, double>, 4, 1},
     {portable::screen_topk<float>, portable::screen_threshold<float>},
     {portable::screen_topk<double>, portable::screen_threshold<double>},
+    portable::decode_row<float>, portable::decode_row<bf16>, portable::decode_row<f16>,
 };
 
 }  // namespace sae
