@@ -81,6 +81,10 @@ EncodeInputs<T> encode_inputs(index_t n, index_t d_in, index_t d_sae, ptr_t x, p
   return in;
 }
 
+// What the sparse kernels return to Python: (number of out-of-range latents, one of them).
+using IndexReport = std::pair<index_t, index_t>;
+IndexReport report(const IndexCheck& c) { return {c.count(), c.example()}; }
+
 template <class T> Clamp<T> make_clamp(index_t count, ptr_t features, ptr_t targets, int mode, bool only_active) {
   if (mode < 0 || mode > 2) throw std::invalid_argument("clamp mode must be 0 (set), 1 (scale) or 2 (add)");
   Clamp<T> c;
@@ -153,31 +157,37 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("combine_rows", [](int x_dtype, int w_dtype, index_t n, index_t k, ptr_t values, ptr_t indices,
                            ptr_t w, index_t rows, index_t cols, index_t rs, index_t cs, ptr_t bias, ptr_t out) {
+    IndexCheck check;
     dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
       combine_rows<T, W>(n, k, as<const T>(values), as<const index_t>(indices),
-                         strided<W>(w, rows, cols, rs, cs), as<const T>(bias), as<T>(out));
+                         strided<W>(w, rows, cols, rs, cs), as<const T>(bias), as<T>(out), &check);
     });
+    return report(check);
   }, nogil);
 
   m.def("dot_rows", [](int x_dtype, int w_dtype, index_t n, index_t k, ptr_t g, ptr_t indices,
                        ptr_t w, index_t rows, index_t cols, index_t rs, index_t cs, ptr_t out) {
+    IndexCheck check;
     dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
       dot_rows<T, W>(n, k, as<const T>(g), as<const index_t>(indices),
-                     strided<W>(w, rows, cols, rs, cs), as<T>(out));
+                     strided<W>(w, rows, cols, rs, cs), as<T>(out), &check);
     });
+    return report(check);
   }, nogil);
 
   m.def("scatter_rows", [](int x_dtype, index_t n, index_t k, ptr_t values, ptr_t indices, ptr_t g,
                            index_t d, ptr_t grad, index_t rows, index_t rs, index_t cs) {
+    IndexCheck check;
     dispatch_acc(x_dtype, [&](auto t_tag) {
       using T = decltype(t_tag);
       scatter_rows<T>(n, k, as<const T>(values), as<const index_t>(indices), as<const T>(g), d,
-                      as<T>(grad), rows, rs, cs);
+                      as<T>(grad), rows, rs, cs, &check);
     });
+    return report(check);
   }, nogil);
 
   m.def("steer_threshold", [](int x_dtype, int w_dtype, index_t n, index_t d_in, index_t d_sae, ptr_t x,
@@ -200,13 +210,15 @@ PYBIND11_MODULE(_C, m) {
                           ptr_t x, ptr_t values, ptr_t indices, ptr_t w_dec, index_t dec_rs,
                           index_t dec_cs, ptr_t b_dec, bool keep_error, index_t count, ptr_t features,
                           ptr_t targets, int mode, bool only_active, ptr_t y, ptr_t z) {
+    IndexCheck check;
     dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
       steer_codes<T, W>(n, k, as<const T>(x), as<const T>(values), as<const index_t>(indices),
                         strided<W>(w_dec, d_sae, d_in, dec_rs, dec_cs), as<const T>(b_dec),
                         keep_error, make_clamp<T>(count, features, targets, mode, only_active),
-                        as<T>(y), as<T>(z));
+                        as<T>(y), as<T>(z), &check);
     });
+    return report(check);
   }, nogil);
 }

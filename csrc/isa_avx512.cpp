@@ -114,9 +114,9 @@ uint64_t screen_threshold(float* pre, const float* bias, const float* thr, int l
   return mask;
 }
 
-// Decode: a chunk of up to 8 zmm (128 floats) of the output row stays in registers while the k
+// Decode: a chunk of up to 16 zmm (256 floats) of the output row stays in registers while the k
 // weight rows stream past, each prefetched kDecodeAhead rows early (portable::prefetch_ahead).
-constexpr index_t kDecodeChunk = 128;
+constexpr index_t kDecodeChunk = 256;
 
 template <class W, int NV>
 void decode_chunk(index_t k, const float* values, const index_t* indices, const W* w, index_t rows, index_t ld_row,
@@ -124,7 +124,7 @@ void decode_chunk(index_t k, const float* values, const index_t* indices, const 
   // Vectors 0..NV-2 are full; the last one has `tail` (1..16) live lanes.
   const __mmask16 last = first_lanes(tail);
   __m512 acc[NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int c = 0; c < NV; ++c) {
     const __mmask16 m = c == NV - 1 ? last : __mmask16(0xFFFF);
     acc[c] = bias != nullptr ? _mm512_maskz_loadu_ps(m, bias + c0 + 16 * c) : _mm512_setzero_ps();
@@ -136,11 +136,11 @@ void decode_chunk(index_t k, const float* values, const index_t* indices, const 
     if (f < 0 || f >= rows || v == 0.0f) continue;
     const W* src = w + f * ld_row + c0;
     const __m512 vv = _mm512_set1_ps(v);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int c = 0; c < NV - 1; ++c) acc[c] = _mm512_fmadd_ps(vv, load16(src + 16 * c), acc[c]);
     acc[NV - 1] = _mm512_fmadd_ps(vv, masked_load16(src + 16 * (NV - 1), last), acc[NV - 1]);
   }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int c = 0; c < NV - 1; ++c) _mm512_storeu_ps(out + c0 + 16 * c, acc[c]);
   _mm512_mask_storeu_ps(out + c0 + 16 * (NV - 1), last, acc[NV - 1]);
 }
@@ -160,7 +160,15 @@ void decode_row(index_t k, const float* values, const index_t* indices, const W*
       case 5: decode_chunk<W, 5>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
       case 6: decode_chunk<W, 6>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
       case 7: decode_chunk<W, 7>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      default: decode_chunk<W, 8>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 8: decode_chunk<W, 8>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 9: decode_chunk<W, 9>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 10: decode_chunk<W, 10>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 11: decode_chunk<W, 11>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 12: decode_chunk<W, 12>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 13: decode_chunk<W, 13>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 14: decode_chunk<W, 14>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 15: decode_chunk<W, 15>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
+      default: decode_chunk<W, 16>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
     }
   }
 }

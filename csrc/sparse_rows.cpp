@@ -16,12 +16,13 @@ index_t row_grain(index_t k, index_t d) { return std::max<index_t>(1, 16384 / st
 
 template <class T, class W>
 void combine_rows(index_t n, index_t k, const T* values, const index_t* indices,
-                  const Strided<W>& w, const T* bias, T* out) {
+                  const Strided<W>& w, const T* bias, T* out, IndexCheck* check) {
   const index_t d = w.cols;
   if constexpr (std::is_same<T, float>::value) {
     if (w.col_stride == 1) {  // the common case: W_dec rows contiguous -> the ISA's row kernel
       const DecodeRowFn<W> row = decode_row_of<W>(active_kernels());
       parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
+        if (check != nullptr) check->scan(indices + r0 * k, (r1 - r0) * k, w.rows);
         for (index_t r = r0; r < r1; ++r)
           row(k, values + r * k, indices + r * k, w.data, w.rows, w.row_stride, d, bias, out + r * d);
       });
@@ -29,6 +30,7 @@ void combine_rows(index_t n, index_t k, const T* values, const index_t* indices,
     }
   }
   parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
+    if (check != nullptr) check->scan(indices + r0 * k, (r1 - r0) * k, w.rows);
     for (index_t r = r0; r < r1; ++r) {
       T* o = out + r * d;
       if (bias != nullptr)
@@ -42,9 +44,10 @@ void combine_rows(index_t n, index_t k, const T* values, const index_t* indices,
 
 template <class T, class W>
 void dot_rows(index_t n, index_t k, const T* g, const index_t* indices, const Strided<W>& w,
-              T* out) {
+              T* out, IndexCheck* check) {
   const index_t d = w.cols;
   parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
+    if (check != nullptr) check->scan(indices + r0 * k, (r1 - r0) * k, w.rows);
     for (index_t r = r0; r < r1; ++r) {
       const T* gr = g + r * d;
       for (index_t j = 0; j < k; ++j) {
@@ -62,7 +65,9 @@ void dot_rows(index_t n, index_t k, const T* g, const index_t* indices, const St
 
 template <class T>
 void scatter_rows(index_t n, index_t k, const T* values, const index_t* indices, const T* g,
-                  index_t d, T* grad, index_t rows, index_t row_stride, index_t col_stride) {
+                  index_t d, T* grad, index_t rows, index_t row_stride, index_t col_stride,
+                  IndexCheck* check) {
+  if (check != nullptr) check->scan(indices, n * k, rows);
   // Threads own disjoint column ranges of grad, so no two write the same element.
   parallel_range(d, 64, [&](index_t c0, index_t c1) {
     for (index_t r = 0; r < n; ++r) {
@@ -80,8 +85,9 @@ void scatter_rows(index_t n, index_t k, const T* values, const index_t* indices,
 
 #define SAE_INSTANTIATE_ROWS(T, W)                                                               \
   template void combine_rows<T, W>(index_t, index_t, const T*, const index_t*, const Strided<W>&, \
-                                   const T*, T*);                                                \
-  template void dot_rows<T, W>(index_t, index_t, const T*, const index_t*, const Strided<W>&, T*);
+                                   const T*, T*, IndexCheck*);                                   \
+  template void dot_rows<T, W>(index_t, index_t, const T*, const index_t*, const Strided<W>&, T*, \
+                               IndexCheck*);
 SAE_INSTANTIATE_ROWS(float, float)
 SAE_INSTANTIATE_ROWS(float, bf16)
 SAE_INSTANTIATE_ROWS(float, f16)
@@ -89,8 +95,8 @@ SAE_INSTANTIATE_ROWS(double, double)
 #undef SAE_INSTANTIATE_ROWS
 
 template void scatter_rows<float>(index_t, index_t, const float*, const index_t*, const float*,
-                                  index_t, float*, index_t, index_t, index_t);
+                                  index_t, float*, index_t, index_t, index_t, IndexCheck*);
 template void scatter_rows<double>(index_t, index_t, const double*, const index_t*, const double*,
-                                   index_t, double*, index_t, index_t, index_t);
+                                   index_t, double*, index_t, index_t, index_t, IndexCheck*);
 
 }  // namespace sae

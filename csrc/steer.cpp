@@ -76,11 +76,12 @@ void steer_threshold(index_t n, const T* x, const Strided<W>& w_enc, const T* b_
 template <class T, class W>
 void steer_codes(index_t n, index_t k, const T* x, const T* values, const index_t* indices,
                  const Strided<W>& w_dec, const T* b_dec, bool keep_error,
-                 const Clamp<T>& clamp, T* y, T* z) {
+                 const Clamp<T>& clamp, T* y, T* z, IndexCheck* check) {
   const index_t d = w_dec.cols, count = clamp.count;
   const std::vector<T> dec_rows = gather_rows(w_dec, clamp);
   parallel_range(n, grain(count * (k + d) + (keep_error ? d : k * d)), [&](index_t r0, index_t r1) {
     std::vector<T> deltas(static_cast<size_t>(count));
+    if (check != nullptr) check->scan(indices + r0 * k, (r1 - r0) * k, w_dec.rows);
     for (index_t r = r0; r < r1; ++r) {
       const T* vr = values + r * k;
       const index_t* ir = indices + r * k;
@@ -110,7 +111,8 @@ void steer_codes(index_t n, index_t k, const T* x, const T* values, const index_
   template void steer_threshold<T, W>(index_t, const T*, const Strided<W>&, const T*, const T*,  \
                                       const T*, const Strided<W>&, const Clamp<T>&, T*, T*);     \
   template void steer_codes<T, W>(index_t, index_t, const T*, const T*, const index_t*,          \
-                                  const Strided<W>&, const T*, bool, const Clamp<T>&, T*, T*);
+                                  const Strided<W>&, const T*, bool, const Clamp<T>&, T*, T*,     \
+                                  IndexCheck*);
 SAE_INSTANTIATE_STEER(float, float)
 SAE_INSTANTIATE_STEER(float, bf16)
 SAE_INSTANTIATE_STEER(float, f16)

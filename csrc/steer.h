@@ -6,6 +6,7 @@
 #pragma once
 
 #include "common.h"
+#include "sparse_rows.h"
 
 namespace sae {
 
@@ -43,6 +44,6 @@ void steer_threshold(index_t n, const T* x, const Strided<W>& w_enc, const T* b_
 template <class T, class W>
 void steer_codes(index_t n, index_t k, const T* x, const T* values, const index_t* indices,
                  const Strided<W>& w_dec, const T* b_dec, bool keep_error,
-                 const Clamp<T>& clamp, T* y, T* z);
+                 const Clamp<T>& clamp, T* y, T* z, IndexCheck* check);
 
 }  // namespace sae

@@ -137,9 +137,15 @@ def test_ops_called_directly_validate():
                             torch.tensor([1.0]), "bogus", False)
     with pytest.raises(ValueError, match=r"W_enc must be one of \['torch.float64'\] with torch.float64"):
         ops.encode_topk(randn(2, 8).double(), w["W_enc"], w["b_enc"], None, 3, None)
-    # Out-of-range indices that reach the kernel anyway are skipped, never read.
-    out = ops.decode(torch.ones(1, 2), torch.tensor([[10**12, -7]]), w["W_dec"], None)
-    assert torch.equal(out, torch.zeros(1, 8))
+    # Out-of-range indices are never read: the kernels skip and count them, then the op raises.
+    with pytest.raises(ValueError, match=r"sae_native::decode: indices: .* got 1000000000000 \(2 out of range\)"):
+        ops.decode(torch.ones(1, 2), torch.tensor([[10**12, -7]]), w["W_dec"], None)
+    for call in (lambda: ops.sparse_dot(randn(1, 8), torch.tensor([[20]]), w["W_dec"]),
+                 lambda: ops.sparse_outer(torch.ones(1, 1), torch.tensor([[-5]]), randn(1, 8), 20, False),
+                 lambda: ops.steer_codes(randn(1, 8), torch.ones(1, 1), torch.tensor([[99]]), w["W_dec"], None,
+                                         torch.tensor([1]), torch.tensor([1.0]), "set", False, False)):
+        with pytest.raises(ValueError, match=r"indices: expected latents in \[0, d_sae=20\) or -1 for padding"):
+            call()
 
 
 def test_device_without_kernels_is_a_clear_error():

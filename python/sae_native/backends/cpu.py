@@ -75,6 +75,16 @@ def _ptr(t: Optional[Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _indices_ok(op: str, report, rows: int) -> None:
+    """The kernels skip latents outside [-1, rows) and count them; a non-zero count is an error.
+    (Checking in the kernel rather than with torch reductions keeps torch's OpenMP threads,
+    which spin for a while after each parallel op, off the cores our kernel is about to use.)"""
+    count, example = report
+    if count:
+        raise ValueError(f"sae_native::{op}: indices: expected latents in [0, d_sae={rows}) or -1 for padding, "
+                         f"got {example} ({count} out of range)")
+
+
 def _packed(op: str, packed: Optional[Tensor], W_enc: Tensor) -> Tensor:
     if packed is None:
         return pack(W_enc)
@@ -137,8 +147,10 @@ def _decode(values, indices, W_dec, b_dec):
     b_dec = _vector("decode", "b_dec", b_dec, d_in, T)
     n, k = values.shape
     out = torch.empty(n, d_in, dtype=T)
-    _C.combine_rows(dtype_code(T), dtype_code(W_dec.dtype), n, k, values.data_ptr(), indices.data_ptr(),
-                    W_dec.data_ptr(), d_sae, d_in, W_dec.stride(0), W_dec.stride(1), _ptr(b_dec), out.data_ptr())
+    report = _C.combine_rows(dtype_code(T), dtype_code(W_dec.dtype), n, k, values.data_ptr(), indices.data_ptr(),
+                             W_dec.data_ptr(), d_sae, d_in, W_dec.stride(0), W_dec.stride(1), _ptr(b_dec),
+                             out.data_ptr())
+    _indices_ok("decode", report, d_sae)
     return out
 
 
@@ -155,8 +167,9 @@ def _sparse_dot(g, indices, W):
     indices = indices.contiguous()
     n, k = indices.shape
     out = torch.empty(n, k, dtype=T)
-    _C.dot_rows(dtype_code(T), dtype_code(W.dtype), n, k, g.data_ptr(), indices.data_ptr(), W.data_ptr(),
-                rows, d, W.stride(0), W.stride(1), out.data_ptr())
+    report = _C.dot_rows(dtype_code(T), dtype_code(W.dtype), n, k, g.data_ptr(), indices.data_ptr(), W.data_ptr(),
+                         rows, d, W.stride(0), W.stride(1), out.data_ptr())
+    _indices_ok("sparse_dot", report, rows)
     return out
 
 
@@ -173,8 +186,9 @@ def _sparse_outer(values, indices, g, rows, transposed):
     d = g.shape[1]
     out = torch.zeros((d, rows) if transposed else (rows, d), dtype=T)
     row_stride, col_stride = (1, rows) if transposed else (d, 1)
-    _C.scatter_rows(dtype_code(T), n, k, values.data_ptr(), indices.data_ptr(), g.data_ptr(), d,
-                    out.data_ptr(), rows, row_stride, col_stride)
+    report = _C.scatter_rows(dtype_code(T), n, k, values.data_ptr(), indices.data_ptr(), g.data_ptr(), d,
+                             out.data_ptr(), rows, row_stride, col_stride)
+    _indices_ok("sparse_outer", report, rows)
     return out
 
 
@@ -223,8 +237,9 @@ def _steer_codes(x, values, indices, W_dec, b_dec, features, targets, mode, only
     count = features.shape[0]
     y = torch.empty_like(x)
     z = torch.empty(n, count, dtype=T)
-    _C.steer_codes(dtype_code(T), dtype_code(W_dec.dtype), n, d_in, d_sae, k, x.data_ptr(), values.data_ptr(),
-                   indices.data_ptr(), W_dec.data_ptr(), W_dec.stride(0), W_dec.stride(1), _ptr(b_dec),
-                   bool(keep_error), count, features.data_ptr(), targets.data_ptr(), mode_code,
-                   bool(only_active), y.data_ptr(), z.data_ptr())
+    report = _C.steer_codes(dtype_code(T), dtype_code(W_dec.dtype), n, d_in, d_sae, k, x.data_ptr(),
+                            values.data_ptr(), indices.data_ptr(), W_dec.data_ptr(), W_dec.stride(0), W_dec.stride(1),
+                            _ptr(b_dec), bool(keep_error), count, features.data_ptr(), targets.data_ptr(), mode_code,
+                            bool(only_active), y.data_ptr(), z.data_ptr())
+    _indices_ok("steer_codes", report, d_sae)
     return y, z
