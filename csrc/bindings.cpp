@@ -116,6 +116,8 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("set_num_threads", &set_num_threads, nogil);
   m.def("num_threads", &num_threads);
+  m.def("use_openmp_runtime", &use_openmp_runtime);
+  m.def("using_openmp_runtime", &using_openmp_runtime);
   m.def("cpu_isa", [] { return std::string(active_kernels().isa); });
   m.def("supported_isas", &supported_isas);
   m.def("select_isa", &select_isa);

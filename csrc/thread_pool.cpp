@@ -126,7 +126,35 @@ Pool& pool() {
   return *g_pool;
 }
 
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+std::atomic<GompParallel> g_gomp{nullptr};
+
+// One parallel_for on an OpenMP team: every member claims tasks from a shared counter.
+struct TeamJob {
+  const std::function<void(index_t)>* fn;
+  index_t n_tasks;
+  std::atomic<index_t> next{0};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+
+  static void member(void* self) {
+    auto* job = static_cast<TeamJob*>(self);
+    for (index_t t; (t = job->next.fetch_add(1)) < job->n_tasks;) {
+      try {
+        (*job->fn)(t);
+      } catch (...) {  // exceptions must not cross the OpenMP runtime
+        std::lock_guard<std::mutex> lock(job->error_mutex);
+        if (!job->error) job->error = std::current_exception();
+      }
+    }
+  }
+};
+
 }  // namespace
+
+void use_openmp_runtime(std::uintptr_t gomp_parallel) { g_gomp.store(reinterpret_cast<GompParallel>(gomp_parallel)); }
+
+bool using_openmp_runtime() { return g_gomp.load() != nullptr; }
 
 void set_num_threads(int n) {
   {
@@ -139,6 +167,20 @@ void set_num_threads(int n) {
 int num_threads() { return pool().threads(); }
 
 void parallel_for(index_t n_tasks, const std::function<void(index_t)>& fn) {
+  if (n_tasks <= 0) return;
+  const index_t threads = std::min<index_t>(num_threads(), n_tasks);
+  if (threads <= 1) {
+    for (index_t t = 0; t < n_tasks; ++t) fn(t);
+    return;
+  }
+  if (GompParallel gomp = g_gomp.load()) {
+    TeamJob job;
+    job.fn = &fn;
+    job.n_tasks = n_tasks;
+    gomp(&TeamJob::member, &job, unsigned(threads), 0);
+    if (job.error) std::rethrow_exception(job.error);
+    return;
+  }
   pool().run(n_tasks, fn);
 }
 

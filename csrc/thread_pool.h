@@ -1,5 +1,14 @@
-// The package's own thread pool. No OpenMP: torch ships its own runtime and two fight.
+// The package's thread pool. No OpenMP of our own: torch ships its own runtime and two fight.
+//
+// By default the pool is a set of our own worker threads. When Python finds the OpenMP runtime
+// torch itself loaded (libgomp on Linux wheels), it hands us that runtime's GOMP_parallel and the
+// pool runs each parallel_for as a team of torch's OpenMP threads instead: right after a parallel
+// torch op those threads are still spinning (libgomp spins for milliseconds before sleeping), so
+// extra threads of ours would share the cores with them and run at half speed, while the team
+// starts at once. We never link or ship OpenMP either way.
 #pragma once
+
+#include <cstdint>
 
 #include <functional>
 
@@ -15,6 +24,11 @@ int num_threads();
 // calling thread taking part. Safe to call from several threads at once (each call is its own
 // job) and from inside a task. The first exception thrown by a task is rethrown here.
 void parallel_for(index_t n_tasks, const std::function<void(index_t)>& fn);
+
+// Runs parallel work on an OpenMP runtime already in the process: `gomp_parallel` is the address
+// of its GOMP_parallel(fn, data, num_threads, flags); 0 goes back to our own threads.
+void use_openmp_runtime(std::uintptr_t gomp_parallel);
+bool using_openmp_runtime();
 
 // Splits [0, n) into chunks of at least `grain` items, about one per thread, and runs
 // fn(begin, end) for each.

@@ -26,3 +26,13 @@ def threads(request):
     sn.set_num_threads(request.param)
     yield request.param
     sn.set_num_threads(before)
+
+
+@pytest.fixture(params=["openmp", "own"])
+def thread_pool(request):
+    """Runs a test on torch's OpenMP team (when loaded) and on the package's own threads."""
+    from sae_native import _runtime
+    before = "openmp" if _C.using_openmp_runtime() else "own"
+    _runtime.select_thread_pool(request.param)
+    yield request.param
+    _runtime.select_thread_pool(before)

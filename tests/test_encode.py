@@ -30,7 +30,7 @@ def test_threshold_matches_reference(isa, activation, d_in, d_sae):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 33, 130, 517])
 @pytest.mark.parametrize("activation", ["topk", "jumprelu"])
-def test_batch_sizes_and_threads(isa, threads, n, activation):
+def test_batch_sizes_and_threads(isa, threads, thread_pool, n, activation):
     # Sizes that exercise both work splits: rows only, and latents split across threads (small n).
     sae, ref = make_pair(48, 1031, activation, 17, seed=n)
     x = randn(n, 48, seed=n)

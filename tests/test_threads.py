@@ -40,7 +40,7 @@ def test_set_num_threads_rejects_non_int(bad):
 
 
 @pytest.mark.parametrize("activation", ["topk", "jumprelu"])
-def test_concurrent_calls_match_serial(activation):
+def test_concurrent_calls_match_serial(thread_pool, activation):
     sae, _ = make_pair(32, 700, activation, 16)
     inputs = [randn(n, 32, seed=n) for n in (1, 5, 40, 130, 7, 64, 2, 300)]
     serial = [(sae.encode(x).values, sae(x), sae.steer(x, {4: 2.0})) for x in inputs]
@@ -72,9 +72,10 @@ def test_concurrent_calls_match_serial(activation):
 
 
 def test_gil_is_released_during_kernels():
-    # A second Python thread makes progress while a long encode runs.
+    # A second Python thread makes progress while a long encode runs (on one kernel thread, so a
+    # core is free for the ticker even on a two-core machine).
     sae, _ = make_pair(64, 20000, "topk", 8)
-    x = randn(600, 64)
+    x = randn(3000, 64)
     ticks = []
     stop = threading.Event()
 
@@ -83,6 +84,8 @@ def test_gil_is_released_during_kernels():
             ticks.append(1)
             stop.wait(0.001)
 
+    threads_before = sn.get_num_threads()
+    sn.set_num_threads(1)
     t = threading.Thread(target=ticker)
     t.start()
     try:
@@ -92,4 +95,44 @@ def test_gil_is_released_during_kernels():
     finally:
         stop.set()
         t.join()
+        sn.set_num_threads(threads_before)
     assert during > 0
+
+
+def test_thread_pool_selection_and_report():
+    from sae_native import _runtime
+    before = "openmp" if sn.build_info()["thread_pool"].startswith("openmp") else "own"
+    try:
+        assert _runtime.select_thread_pool("own") == "own"
+        assert sn.build_info()["thread_pool"] == "own"
+        kind = _runtime.select_thread_pool("openmp")
+        assert sn.build_info()["thread_pool"].startswith(kind)
+        with pytest.raises(ValueError, match="kind: expected 'openmp' or 'own'"):
+            _runtime.select_thread_pool("tbb")
+    finally:
+        _runtime.select_thread_pool(before)
+
+
+def test_thread_pool_environment_variable():
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import sae_native as sn; print(sn.build_info()['thread_pool'])"],
+                         capture_output=True, text=True, env={**os.environ, "SAE_NATIVE_THREAD_POOL": "own"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "own"
+
+
+def test_results_identical_on_both_pools():
+    from sae_native import _runtime
+    sae, _ = make_pair(40, 3000, "topk", 20)
+    x = randn(90, 40)
+    before = "openmp" if sn.build_info()["thread_pool"].startswith("openmp") else "own"
+    try:
+        _runtime.select_thread_pool("own")
+        a = (sae.encode(x).indices, sae(x))
+        _runtime.select_thread_pool("openmp")
+        b = (sae.encode(x).indices, sae(x))
+    finally:
+        _runtime.select_thread_pool(before)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

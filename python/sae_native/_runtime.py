@@ -1,12 +1,51 @@
 """Build facts and the native thread pool's size."""
 from __future__ import annotations
 
+import ctypes
+import os
 import platform
-from typing import Any, Dict
+import re
+from typing import Any, Dict, Optional
 
 import torch
 
 from . import _C
+
+_OPENMP_PATH: Optional[str] = None  # torch's OpenMP runtime, when our parallel work runs on it
+
+
+def _torch_openmp_runtime() -> Optional[str]:
+    """The path of the OpenMP runtime torch loaded into this process (Linux), or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return None
+    paths = sorted({line.split()[-1] for line in maps.splitlines()
+                    if re.search(r"/lib(g|i|)omp[^/]*\.so", line)})
+    return paths[0] if paths else None
+
+
+def select_thread_pool(kind: str) -> str:
+    """Where parallel kernels run: "openmp" (a team of torch's own OpenMP threads, when one is
+    loaded; otherwise falls back) or "own" (the package's worker threads). Returns the kind in
+    use. The default is "openmp", or the environment variable SAE_NATIVE_THREAD_POOL."""
+    global _OPENMP_PATH
+    if kind not in ("openmp", "own"):
+        raise ValueError(f"kind: expected 'openmp' or 'own', got {kind!r}")
+    _OPENMP_PATH = None
+    _C.use_openmp_runtime(0)
+    if kind == "openmp":
+        path = _torch_openmp_runtime()
+        if path is not None:
+            try:
+                fn = ctypes.CDLL(path).GOMP_parallel
+            except (OSError, AttributeError):
+                fn = None
+            if fn is not None:
+                _C.use_openmp_runtime(ctypes.cast(fn, ctypes.c_void_p).value)
+                _OPENMP_PATH = path
+    return "openmp" if _OPENMP_PATH is not None else "own"
 
 
 def _cuda_module():
@@ -37,9 +76,9 @@ def get_num_threads() -> int:
 def build_info() -> Dict[str, Any]:
     """What this installation was built with and what it chose at import.
 
-    Keys: ``version``, ``cpu_isa`` (the encode kernel variant in use), ``cpu_isas_supported``,
-    ``cpu_features``, ``cuda_compiled``, ``cuda_archs``, ``num_threads``, ``compiler``,
-    ``torch``, ``python``, ``machine``.
+    Keys: ``version``, ``cpu_isa`` (the kernel variant in use), ``cpu_isas_supported``,
+    ``cpu_features``, ``cuda_compiled``, ``cuda_archs``, ``num_threads``, ``thread_pool``
+    ("openmp: <torch's runtime>" or "own"), ``compiler``, ``torch``, ``python``, ``machine``.
     """
     cuda = _cuda_module()
     return {
@@ -50,6 +89,7 @@ def build_info() -> Dict[str, Any]:
         "cuda_compiled": cuda is not None,
         "cuda_archs": list(getattr(cuda, "ARCHS", [])) if cuda is not None else [],
         "num_threads": get_num_threads(),
+        "thread_pool": f"openmp: {_OPENMP_PATH}" if _C.using_openmp_runtime() else "own",
         "compiler": _C.COMPILER,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -59,3 +99,4 @@ def build_info() -> Dict[str, Any]:
 
 def _init_threads() -> None:
     _C.set_num_threads(max(1, torch.get_num_threads()))
+    select_thread_pool(os.environ.get("SAE_NATIVE_THREAD_POOL", "openmp"))
