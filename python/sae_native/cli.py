@@ -45,10 +45,11 @@ def _check(args) -> int:
     b_enc = -0.5 + 0.1 * torch.randn(d_sae, generator=g)
     W_dec = torch.randn(d_sae, d_in, generator=g) / d_in ** 0.5
     b_dec = 0.1 * torch.randn(d_in, generator=g)
-    thr = 0.5 + 0.1 * torch.rand(d_sae, generator=g)
+    thr = 0.2 * torch.rand(d_sae, generator=g)
     x = torch.randn(n, d_in, generator=g)
     topk = sn.SAE(W_enc, b_enc, W_dec, b_dec, activation="topk", k=k)
-    jump = sn.SAE(W_enc, b_enc, W_dec, b_dec, activation="jumprelu", threshold=thr)
+    b_jump = b_enc - 2.0  # about 60 active latents per row, as trained JumpReLU SAEs have
+    jump = sn.SAE(W_enc, b_jump, W_dec, b_dec, activation="jumprelu", threshold=thr)
     f = int(torch.randint(d_sae, (1,), generator=g))
 
     def dense_topk():
@@ -57,7 +58,7 @@ def _check(args) -> int:
         return top.values.relu(), top.indices
 
     def dense_jump():
-        pre = (x - b_dec) @ W_enc + b_enc
+        pre = (x - b_dec) @ W_enc + b_jump
         return pre.relu() * (pre > thr)
 
     codes = topk.encode(x)
