@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-SCRIPT = textwrap.dedent("""
+SCRIPT = textwrap.dedent(r"""
     import json, os, re, resource, sys
     import torch
     import sae_native as sn
