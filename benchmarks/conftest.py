@@ -1,32 +1,34 @@
 """pytest-benchmark suite: `pytest benchmarks/` (not part of the default test run).
 
-Each group holds sae-native and every reference available in the process, so
-`pytest benchmarks/ --benchmark-compare` shows regressions against a saved run
-(`--benchmark-autosave` saves one).
+One group per (op, shape) holding sae-native and every reference available, so
+`pytest benchmarks/ --benchmark-autosave` then `--benchmark-compare` shows regressions. The shapes
+are a preset of `sae-native bench` (SAE_NATIVE_BENCH_PRESET: quick, standard (default), large).
 """
 import os
-import sys
 
 import pytest
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sae_native.bench import PRESETS
+from sae_native.bench.measure import CacheFlusher
+from sae_native.bench.references import Case
+from sae_native.bench.workloads import make_workload
 
-import workloads as wl  # noqa: E402
+SHAPES = PRESETS[os.environ.get("SAE_NATIVE_BENCH_PRESET", "standard")]
 
 
 @pytest.fixture(scope="session")
-def workload():
-    cache = {}
+def case():
+    built = {}
 
-    def get(name):
-        if name not in cache:
-            cache[name] = wl.make_workload(name)
-        return cache[name]
+    def get(shape):
+        if shape not in built:
+            built.clear()  # one shape's weights at a time
+            built[shape] = Case.build(make_workload(shape))
+        return built[shape]
     return get
 
 
-def run(benchmark, fn, rounds=5):
-    """A few rounds of a slow callable (the shapes here take 10 ms to seconds)."""
-    if fn is None:
-        pytest.skip("reference not installed")
-    return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+@pytest.fixture(scope="session")
+def flush():
+    return CacheFlusher(torch.device("cpu"))

@@ -1,147 +1,108 @@
-"""Measures the CPU-speed targets side by side in one process and prints them as a table.
+"""The CPU-speed issue's targets, measured side by side in one process, printed as a table.
 
     python benchmarks/targets.py [--repeats 7] [--json PATH]
 
-Every ratio compares runs interleaved in the same process (A B A B ...), medians, never absolute
-times: the machines are shared and noisy. References that are not installed are reported as
-skipped. Peak memory is measured in fresh subprocesses.
+Ratios compare runs interleaved in one process with caches flushed before every call (the method of
+`sae-native bench`), medians, never absolute times: the machines are shared and noisy. References
+that are not installed are reported as skipped.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
-import subprocess
-import sys
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import sae_native as sn  # noqa: E402
-import workloads as wl  # noqa: E402
+import sae_native as sn
+from sae_native.bench import machine, measure
+from sae_native.bench.references import Case, callables
+from sae_native.bench.workloads import Shape, make_workload
 
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+A = Shape(2048, 768, 24576, 32)
+B = Shape(4096, 2304, 16384, None, "jumprelu")
+C = Shape(1, 2304, 65536, 64)
+CPU = torch.device("cpu")
 
 
-def medians(fns, repeats):
-    fns = {k: v for k, v in fns.items() if v is not None}
-    return {k: wl.median(v) for k, v in wl.interleaved(fns, repeats).items()}
+def medians(fns, repeats, flush):
+    return {k: measure.quantile(v, 0.5) for k, v in measure.interleaved(fns, repeats, CPU, flush=flush).items()}
 
 
-def encode_A(repeats):
-    w = wl.make_workload("A")
-    sae = w.sae()
-    m = medians({"sae_native": lambda: sae.encode(w.x), "faiss": wl.faiss_search(w), "matmul": lambda: w.x @ w.W_enc,
-                 "dense": wl.dense_encode(w), "sparsify": wl.sparsify_encode(w), "sae_lens": wl.saelens_encode(w)},
-                repeats)
-    flops = 2 * w.N * w.d_in * w.d_sae
-    rows = [("encode A: GFLOP/s", f"{flops / m['sae_native'] / 1e9:.0f}", "", None)]
-    for ref, target, op in (("faiss", 0.85, "<="), ("matmul", 0.95, "<="), ("sparsify", 1 / 1.5, "<="),
-                            ("sae_lens", 1 / 1.5, "<="), ("dense", None, None)):
-        if ref not in m:
-            rows.append((f"encode A: ours / {ref}", "skipped (not installed)", "", None))
+def row(what, value, target="", ok=None):
+    return (what, value, target, None if ok is None else bool(ok))
+
+
+def encode_A(repeats, flush):
+    case = Case.build(make_workload(A))
+    fns, skipped = callables("encode", case)
+    m = medians(fns, repeats, flush)
+    rows = [row("encode A: GFLOP/s", f"{2 * A.N * A.d_in * A.d_sae / m['sae_native'] / 1e9:.0f}")]
+    for ref, target in (("faiss", 0.85), ("matmul", 0.95), ("sparsify", 1 / 1.5), ("sae_lens", 1 / 1.5),
+                        ("dense", None)):
+        if ref in skipped:
+            rows.append(row(f"encode A: time ours / {ref}", f"skipped: {skipped[ref]}"))
             continue
         r = m["sae_native"] / m[ref]
-        rows.append((f"encode A: time ours / {ref}", f"{r:.2f}", f"{op} {target:.2f}" if target else "", r <= target if target else None))
+        rows.append(row(f"encode A: time ours / {ref}", f"{r:.2f}", f"<= {target:.2f}" if target else "",
+                        r <= target if target else None))
     return rows, m
 
 
-def encode_C(repeats):
-    w = wl.make_workload("C")
-    s32, s16 = w.sae(), w.sae(torch.bfloat16)
-    m = medians({"fp32": lambda: s32.encode(w.x), "bf16": lambda: s16.encode(w.x), "matmul": lambda: w.x @ w.W_enc,
-                 "read": lambda: w.W_enc.sum()}, repeats)
-    nbytes = w.W_enc.numel() * 4
-    bw_ours, bw_read = nbytes / m["fp32"] / 1e9, nbytes / m["read"] / 1e9
-    return [
-        ("encode C: GB/s of W_enc (fp32)", f"{bw_ours:.1f} of {bw_read:.1f} read", ">= 70%", bw_ours >= 0.7 * bw_read),
-        ("encode C: fraction of read bandwidth", f"{bw_ours / bw_read:.2f}", ">= 0.70", bw_ours >= 0.7 * bw_read),
-        ("encode C: speedup vs bare matmul", f"{m['matmul'] / m['fp32']:.2f}", ">= 1.20", m["matmul"] / m["fp32"] >= 1.2),
-        ("encode C: bf16 weights speedup vs fp32", f"{m['fp32'] / m['bf16']:.2f}", ">= 1.60", m["fp32"] / m["bf16"] >= 1.6),
-    ], m
+def encode_C(repeats, flush):
+    w32 = make_workload(C)
+    s32, s16 = w32.sae(), make_workload(C, dtype=torch.bfloat16).sae()
+    m = medians({"fp32": lambda: s32.encode(w32.x), "bf16": lambda: s16.encode(w32.x),
+                 "matmul": lambda: w32.x @ w32.W_enc, "read": lambda: w32.W_enc.sum()}, repeats, flush)
+    nbytes = w32.W_enc.numel() * 4
+    ours, read = nbytes / m["fp32"] / 1e9, nbytes / m["read"] / 1e9
+    return [row("encode C: GB/s of W_enc, ours / plain read", f"{ours:.1f} / {read:.1f} = {ours / read:.2f}",
+                ">= 0.70", ours >= 0.7 * read),
+            row("encode C: speedup vs bare matmul", f"{m['matmul'] / m['fp32']:.2f}", ">= 1.20",
+                m["matmul"] / m["fp32"] >= 1.2),
+            row("encode C: bf16 weights speedup vs fp32", f"{m['fp32'] / m['bf16']:.2f}", ">= 1.60",
+                m["fp32"] / m["bf16"] >= 1.6)], m
 
 
-def decode_A(repeats):
-    w = wl.make_workload("A")
-    codes = w.sae().encode(w.x)
-    v, i = codes.values, codes.indices
-    m = medians({"sae_native": lambda: sn.functional.decode(v, i, w.W_dec, w.b_dec),
-                 "embedding_bag": lambda: F.embedding_bag(i, w.W_dec, per_sample_weights=v, mode="sum") + w.b_dec,
-                 "read": lambda: w.W_dec.sum()}, repeats)
+def decode_A(repeats, flush):
+    case = Case.build(make_workload(A))
+    fns, _ = callables("decode", case, refs=["embedding_bag"])
+    fns["read"] = lambda: case.w.W_dec.sum()
+    m = medians(fns, repeats, flush)
     r = m["sae_native"] / m["embedding_bag"]
-    row_bytes = w.N * w.k * w.d_in * 4  # every (row, code) pair reads one W_dec row
-    gbps = {name: row_bytes / m[name] / 1e9 for name in ("sae_native", "embedding_bag")}
-    return [("decode A (k=32): time ours / embedding_bag", f"{r:.2f}", "<= 0.80", r <= 0.8),
-            ("decode A: GB/s of W_dec rows gathered, ours / embedding_bag / plain read",
-             f"{gbps['sae_native']:.0f} / {gbps['embedding_bag']:.0f} / {w.W_dec.numel() * 4 / m['read'] / 1e9:.0f}",
-             "", None)], m
+    row_bytes = A.N * A.k * A.d_in * 4  # every (row, code) pair gathers one W_dec row
+    return [row("decode A (k=32): time ours / embedding_bag", f"{r:.2f}", "<= 0.80", r <= 0.8),
+            row("decode A: GB/s gathered, ours / embedding_bag / plain read of W_dec",
+                f"{row_bytes / m['sae_native'] / 1e9:.0f} / {row_bytes / m['embedding_bag'] / 1e9:.0f} / "
+                f"{case.w.W_dec.numel() * 4 / m['read'] / 1e9:.0f}")], m
 
 
-def steer_B(repeats):
-    w = wl.make_workload("B")
-    sae = w.sae()
-    f = int(sae.encode(w.x[:256]).indices[0, 0])
-    m = medians({"sae_native": lambda: sae.steer(w.x, {f: 10.0}), "dense": wl.dense_encode_decode(w)},
-                max(3, repeats // 2))
-    r = m["dense"] / m["sae_native"]
-    enc = medians({"sae_native": lambda: sae.encode(w.x), "dense": wl.dense_encode(w),
-                   "sae_lens": wl.saelens_encode(w)}, max(3, repeats // 2))
-    rows = [("steer B (1 feature, keep_error): speedup vs dense encode+decode", f"{r:.0f}", ">= 100", r >= 100),
-            ("encode B (jumprelu): speedup vs dense", f"{enc['dense'] / enc['sae_native']:.2f}", "", None)]
-    if "sae_lens" in enc:
-        rows.append(("encode B (jumprelu): speedup vs sae_lens", f"{enc['sae_lens'] / enc['sae_native']:.2f}", "", None))
-    return rows, {**m, **{f"encode_{k}": v for k, v in enc.items()}}
+def steer_B(repeats, flush):
+    case = Case.build(make_workload(B))
+    fns, _ = callables("steer", case, refs=["dense"])
+    m = medians(fns, max(3, repeats // 2), flush)
+    enc, _ = callables("encode", case, refs=["dense", "sae_lens"])
+    e = medians(enc, max(3, repeats // 2), flush)
+    rows = [row("steer B (1 feature, keep_error): speedup vs dense encode+decode",
+                f"{m['dense'] / m['sae_native']:.0f}", ">= 100", m["dense"] / m["sae_native"] >= 100),
+            row("encode B (jumprelu): speedup vs dense", f"{e['dense'] / e['sae_native']:.2f}")]
+    if "sae_lens" in e:
+        rows.append(row("encode B (jumprelu): speedup vs sae_lens", f"{e['sae_lens'] / e['sae_native']:.2f}"))
+    return rows, {**m, **{f"encode_{k}": v for k, v in e.items()}}
 
 
-PEAK = """
-import re, sys, torch
-sys.path.insert(0, {here!r})
-import workloads as wl
-
-def peak_kib():
-    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-
-w = wl.make_workload("A")
-sae = w.sae()
-f = (lambda: sae.encode(w.x)) if sys.argv[1] == "ours" else wl.dense_encode(w)
-f()                                            # allocator and thread pools warm
-open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
-base = peak_kib()
-f()
-print((peak_kib() - base) / 1024)
-"""
-
-
-def peak_memory():
-    """Peak resident growth of one encode of shape A (Linux: VmHWM reset through clear_refs)."""
-    out = {}
-    for which in ("ours", "dense"):
-        code = PEAK.format(here=os.path.dirname(os.path.abspath(__file__)))
-        r = subprocess.run([sys.executable, "-c", code, which], capture_output=True, text=True)
-        out[which] = float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else float("nan")
-    return [("encode A: peak RSS growth MiB, ours / dense", f"{out['ours']:.1f} / {out['dense']:.0f}", "", None)], out
-
-
-def scaling(repeats):
-    w = wl.make_workload("A")
-    sae = w.sae()
-    before = sn.get_num_threads()
-    res = {}
+def memory_and_scaling(repeats, flush):
+    case = Case.build(make_workload(A))
+    fns, _ = callables("encode", case, refs=["dense"])
+    ours, dense = (measure.peak_extra_mb(fns[k], CPU) for k in ("sae_native", "dense"))
+    rows = [row("encode A: peak RSS growth MiB, ours / dense", f"{ours:.1f} / {dense:.0f}")]
+    before, times = sn.get_num_threads(), {}
     for t in range(1, (os.cpu_count() or 1) + 1):
         sn.set_num_threads(t)
-        res[t] = wl.median(wl.interleaved({"x": lambda: sae.encode(w.x)}, max(3, repeats // 2))["x"])
+        times[t] = medians({"x": fns["sae_native"]}, max(3, repeats // 2), flush)["x"]
     sn.set_num_threads(before)
-    return [(f"encode A: speedup at {t} threads vs 1", f"{res[1] / v:.2f}", "", None) for t, v in res.items()], res
+    rows += [row(f"encode A: speedup at {t} threads vs 1", f"{times[1] / v:.2f}") for t, v in times.items()]
+    return rows, {"peak_mb": {"ours": ours, "dense": dense}, "threads": times}
 
 
 def main(argv=None):
@@ -149,22 +110,24 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    info = sn.build_info()
-    print(f"# {cpu_model()}, {os.cpu_count()} CPUs, cpu_isa={info['cpu_isa']}, threads={info['num_threads']}, "
-          f"torch {torch.__version__}, sae-native {info['version']}")
+    info = machine.describe(CPU)
+    info.update(machine.ceilings(CPU))
+    print(f"# {info['cpu']}, {info['cpus']} CPUs, cpu_isa={info['cpu_isa']}, threads={info['threads']}, "
+          f"thread_pool={info['thread_pool'].split(':')[0]}, torch {info['torch']}, FMA peak "
+          f"{info['fma_gflops']:.0f} GFLOP/s, copy {info['copy_gbps']:.0f} GB/s")
+    flush = measure.CacheFlusher(CPU)
     all_rows, raw = [], {}
     for name, fn in (("encode_A", encode_A), ("encode_C", encode_C), ("decode_A", decode_A), ("steer_B", steer_B),
-                     ("peak_memory", lambda r: peak_memory()), ("scaling", scaling)):
-        rows, m = fn(args.repeats)
+                     ("memory_and_scaling", memory_and_scaling)):
+        rows, m = fn(args.repeats, flush)
         all_rows += rows
         raw[name] = m
         for what, value, target, ok in rows:
-            mark = "" if ok is None else ("met" if ok else "NOT met")
-            print(f"| {what} | {value} | {target} | {mark} |", flush=True)
+            print(f"| {what} | {value} | {target} | {'' if ok is None else ('met' if ok else 'NOT met')} |",
+                  flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": {"cpu": cpu_model(), **info}, "rows": all_rows, "seconds": raw}, f, indent=1,
-                      default=str)
+            json.dump({"machine": info, "rows": all_rows, "seconds": raw}, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

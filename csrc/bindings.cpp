@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "encode.h"
 #include "isa.h"
@@ -123,6 +124,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("select_isa", &select_isa);
   m.def("cpu_features", &cpu_features);
   m.def("packed_size", &packed_size);
+  // FMA probe on every pool thread at once: returns the flops done (time it from Python).
+  m.def("fma_probe", [](index_t iters_per_thread) {
+    const int threads = num_threads();
+    std::vector<double> flops(size_t(threads), 0.0), sums(size_t(threads), 0.0);
+    const FmaProbeFn probe = active_kernels().fma_probe;
+    parallel_for(threads, [&](index_t t) { sums[size_t(t)] = probe(iters_per_thread, &flops[size_t(t)]); });
+    double total = 0, check = 0;
+    for (int t = 0; t < threads; ++t) { total += flops[size_t(t)]; check += sums[size_t(t)]; }
+    return std::make_pair(total, check);
+  }, nogil);
 
   m.def("pack", [](int w_dtype, ptr_t w, index_t d_in, index_t d_sae, index_t rs, index_t cs, ptr_t out) {
     dispatch(w_dtype == int(DType::f64) ? int(DType::f64) : int(DType::f32), w_dtype, [&](auto, auto w_tag) {

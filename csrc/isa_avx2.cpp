@@ -85,13 +85,14 @@ uint64_t screen_threshold(float* pre, const float* bias, const float* thr, int l
 // through the portable loop.
 constexpr index_t kDecodeChunk = 64;
 template <class W, int NV>
-void decode_chunk(index_t k, const float* values, const index_t* indices, const W* w, index_t rows, index_t ld_row,
+void decode_chunk(index_t k, const float* values, const index_t* indices, index_t avail, const W* w, index_t rows,
+                  index_t ld_row,
                   index_t c0, index_t d, const float* bias, float* out) {
   __m256 acc[NV];
 #pragma GCC unroll 8
   for (int c = 0; c < NV; ++c) acc[c] = bias != nullptr ? _mm256_loadu_ps(bias + c0 + 8 * c) : _mm256_setzero_ps();
   for (index_t j = 0; j < k; ++j) {
-    portable::prefetch_ahead<W, kDecodeChunk>(indices, k, j, w, rows, ld_row, c0, d);
+    portable::prefetch_ahead(indices, avail, j, w, rows, ld_row, c0, d);
     const index_t f = indices[j];
     const float v = values[j];
     if (f < 0 || f >= rows || v == 0.0f) continue;
@@ -105,26 +106,43 @@ void decode_chunk(index_t k, const float* values, const index_t* indices, const 
 }
 
 template <class W>
-void decode_row(index_t k, const float* values, const index_t* indices, const W* w, index_t rows, index_t ld_row,
-                index_t d, const float* bias, float* out) {
-  portable::prefetch_start<W, kDecodeChunk>(indices, k, w, rows, ld_row, d);
+void decode_row(index_t k, const float* values, const index_t* indices, index_t avail, const W* w, index_t rows,
+                index_t ld_row, index_t d, const float* bias, float* out) {
   index_t c0 = 0;
-  for (; c0 + 64 <= d; c0 += 64) decode_chunk<W, 8>(k, values, indices, w, rows, ld_row, c0, d, bias, out);
+  for (; c0 + 64 <= d; c0 += 64) decode_chunk<W, 8>(k, values, indices, avail, w, rows, ld_row, c0, d, bias, out);
   const index_t left = (d - c0) / 8;
   switch (left) {
-    case 1: decode_chunk<W, 1>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
-    case 2: decode_chunk<W, 2>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
-    case 3: decode_chunk<W, 3>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
-    case 4: decode_chunk<W, 4>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
-    case 5: decode_chunk<W, 5>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
-    case 6: decode_chunk<W, 6>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
-    case 7: decode_chunk<W, 7>(k, values, indices, w, rows, ld_row, c0, d, bias, out); break;
+    case 1: decode_chunk<W, 1>(k, values, indices, avail, w, rows, ld_row, c0, d, bias, out); break;
+    case 2: decode_chunk<W, 2>(k, values, indices, avail, w, rows, ld_row, c0, d, bias, out); break;
+    case 3: decode_chunk<W, 3>(k, values, indices, avail, w, rows, ld_row, c0, d, bias, out); break;
+    case 4: decode_chunk<W, 4>(k, values, indices, avail, w, rows, ld_row, c0, d, bias, out); break;
+    case 5: decode_chunk<W, 5>(k, values, indices, avail, w, rows, ld_row, c0, d, bias, out); break;
+    case 6: decode_chunk<W, 6>(k, values, indices, avail, w, rows, ld_row, c0, d, bias, out); break;
+    case 7: decode_chunk<W, 7>(k, values, indices, avail, w, rows, ld_row, c0, d, bias, out); break;
     default: break;
   }
   c0 += 8 * left;
   if (c0 < d)  // the last d % 8 columns
-    portable::decode_row<W>(k, values, indices, w + c0, rows, ld_row, d - c0, bias != nullptr ? bias + c0 : nullptr,
-                            out + c0);
+    portable::decode_row<W>(k, values, indices, avail, w + c0, rows, ld_row, d - c0,
+                            bias != nullptr ? bias + c0 : nullptr, out + c0);
+}
+
+// 12 independent FMA chains in 16 ymm registers.
+double fma_probe(index_t iters, double* flops) {
+  __m256 acc[12];
+  for (int c = 0; c < 12; ++c) acc[c] = _mm256_set1_ps(0.001f * float(c));
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  for (index_t it = 0; it < iters; ++it)
+#pragma GCC unroll 12
+    for (int c = 0; c < 12; ++c) acc[c] = _mm256_fmadd_ps(acc[c], a, b);
+  __m256 sum = acc[0];
+  for (int c = 1; c < 12; ++c) sum = _mm256_add_ps(sum, acc[c]);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sum);
+  double total = 0;
+  for (float v : lanes) total += v;
+  *flops = double(iters) * 12 * 8 * 2;
+  return total;
 }
 
 bool supported() {
@@ -141,6 +159,7 @@ const IsaKernels kTable = {
     {screen_topk, screen_threshold},
     {portable::screen_topk<double>, portable::screen_threshold<double>},
     decode_row<float>, decode_row<bf16>, decode_row<f16>,
+    fma_probe,
 };
 
 }  // namespace

@@ -119,7 +119,8 @@ uint64_t screen_threshold(float* pre, const float* bias, const float* thr, int l
 constexpr index_t kDecodeChunk = 256;
 
 template <class W, int NV>
-void decode_chunk(index_t k, const float* values, const index_t* indices, const W* w, index_t rows, index_t ld_row,
+void decode_chunk(index_t k, const float* values, const index_t* indices, index_t avail, const W* w, index_t rows,
+                  index_t ld_row,
                   index_t c0, index_t d, int tail, const float* bias, float* out) {
   // Vectors 0..NV-2 are full; the last one has `tail` (1..16) live lanes.
   const __mmask16 last = first_lanes(tail);
@@ -130,7 +131,7 @@ void decode_chunk(index_t k, const float* values, const index_t* indices, const 
     acc[c] = bias != nullptr ? _mm512_maskz_loadu_ps(m, bias + c0 + 16 * c) : _mm512_setzero_ps();
   }
   for (index_t j = 0; j < k; ++j) {
-    portable::prefetch_ahead<W, kDecodeChunk>(indices, k, j, w, rows, ld_row, c0, d);
+    portable::prefetch_ahead(indices, avail, j, w, rows, ld_row, c0, d);
     const index_t f = indices[j];
     const float v = values[j];
     if (f < 0 || f >= rows || v == 0.0f) continue;
@@ -146,31 +147,44 @@ void decode_chunk(index_t k, const float* values, const index_t* indices, const 
 }
 
 template <class W>
-void decode_row(index_t k, const float* values, const index_t* indices, const W* w, index_t rows, index_t ld_row,
-                index_t d, const float* bias, float* out) {
-  portable::prefetch_start<W, kDecodeChunk>(indices, k, w, rows, ld_row, d);
+void decode_row(index_t k, const float* values, const index_t* indices, index_t avail, const W* w, index_t rows,
+                index_t ld_row, index_t d, const float* bias, float* out) {
   for (index_t c0 = 0; c0 < d; c0 += kDecodeChunk) {
     const index_t len = d - c0 < kDecodeChunk ? d - c0 : kDecodeChunk;
     const int nv = int((len + 15) / 16), tail = int(len - 16 * (nv - 1));
     switch (nv) {
-      case 1: decode_chunk<W, 1>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 2: decode_chunk<W, 2>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 3: decode_chunk<W, 3>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 4: decode_chunk<W, 4>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 5: decode_chunk<W, 5>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 6: decode_chunk<W, 6>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 7: decode_chunk<W, 7>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 8: decode_chunk<W, 8>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 9: decode_chunk<W, 9>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 10: decode_chunk<W, 10>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 11: decode_chunk<W, 11>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 12: decode_chunk<W, 12>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 13: decode_chunk<W, 13>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 14: decode_chunk<W, 14>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      case 15: decode_chunk<W, 15>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
-      default: decode_chunk<W, 16>(k, values, indices, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 1: decode_chunk<W, 1>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 2: decode_chunk<W, 2>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 3: decode_chunk<W, 3>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 4: decode_chunk<W, 4>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 5: decode_chunk<W, 5>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 6: decode_chunk<W, 6>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 7: decode_chunk<W, 7>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 8: decode_chunk<W, 8>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 9: decode_chunk<W, 9>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 10: decode_chunk<W, 10>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 11: decode_chunk<W, 11>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 12: decode_chunk<W, 12>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 13: decode_chunk<W, 13>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 14: decode_chunk<W, 14>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      case 15: decode_chunk<W, 15>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
+      default: decode_chunk<W, 16>(k, values, indices, avail, w, rows, ld_row, c0, d, tail, bias, out); break;
     }
   }
+}
+
+// 24 independent FMA chains: enough to cover 4-cycle latency on two FMA pipes.
+double fma_probe(index_t iters, double* flops) {
+  __m512 acc[24];
+  for (int c = 0; c < 24; ++c) acc[c] = _mm512_set1_ps(0.001f * float(c));
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  for (index_t it = 0; it < iters; ++it)
+#pragma GCC unroll 24
+    for (int c = 0; c < 24; ++c) acc[c] = _mm512_fmadd_ps(acc[c], a, b);
+  __m512 sum = acc[0];
+  for (int c = 1; c < 24; ++c) sum = _mm512_add_ps(sum, acc[c]);
+  *flops = double(iters) * 24 * 16 * 2;
+  return double(_mm512_reduce_add_ps(sum));
 }
 
 bool supported() {
@@ -189,6 +203,7 @@ const IsaKernels kTable = {
     {screen_topk, screen_threshold},
     {portable::screen_topk<double>, portable::screen_threshold<double>},
     decode_row<float>, decode_row<bf16>, decode_row<f16>,
+    fma_probe,
 };
 
 }  // namespace

@@ -15,6 +15,7 @@ const IsaKernels kGenericKernels = {
     {portable::screen_topk<float>, portable::screen_threshold<float>},
     {portable::screen_topk<double>, portable::screen_threshold<double>},
     portable::decode_row<float>, portable::decode_row<bf16>, portable::decode_row<f16>,
+    portable::fma_probe,
 };
 
 }  // namespace sae

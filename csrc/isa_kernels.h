@@ -43,10 +43,15 @@ template <class T> struct Screen {
 
 // out[0:d] = bias (or 0) + sum_j values[j] * w[indices[j] * ld_row + 0:d], for one output row,
 // skipping latents outside [0, rows) and zero values. W rows are contiguous (the caller falls back
-// to the strided loop otherwise).
+// to the strided loop otherwise). indices[k:avail] are the following rows' latents, readable for
+// prefetching across the row boundary (avail >= k).
 template <class W>
-using DecodeRowFn = void (*)(index_t k, const float* values, const index_t* indices, const W* w, index_t rows,
-                             index_t ld_row, index_t d, const float* bias, float* out);
+using DecodeRowFn = void (*)(index_t k, const float* values, const index_t* indices, index_t avail, const W* w,
+                             index_t rows, index_t ld_row, index_t d, const float* bias, float* out);
+
+// The machine's FMA ceiling for this ISA: `iters` steps of independent fused multiply-add chains
+// that fill the register file. Returns a checksum (so nothing is optimised away) and sets *flops.
+using FmaProbeFn = double (*)(index_t iters, double* flops);
 
 struct IsaKernels {
   const char* isa;   // name reported by build_info()["cpu_isa"]
@@ -61,6 +66,7 @@ struct IsaKernels {
   DecodeRowFn<float> decode_f32;
   DecodeRowFn<bf16> decode_bf16w;
   DecodeRowFn<f16> decode_f16w;
+  FmaProbeFn fma_probe;
 };
 
 template <class T, class W> const Tile<T, W>& tile_of(const IsaKernels& k);

@@ -62,40 +62,29 @@ template <class T> uint64_t screen_threshold(T* pre, const T* bias, const T* thr
 }
 
 // Decode reads k random rows of W_dec per output row, which no hardware prefetcher can predict.
-// The row kernels walk an output row chunk by chunk (Chunk columns at a time, all k rows per
-// chunk). prefetch_ahead(j) asks for the data needed kDecodeAhead rows later in that order.
-constexpr index_t kDecodeAhead = 16;
+// The row kernels walk an output row chunk by chunk (all k rows per chunk); during the first
+// chunk's pass, step j prefetches the whole weight row kDecodeAhead latents later in the flat index
+// array, which near the end of a row is the next output row's. Rows are a few KiB and contiguous:
+// fetched whole, they make full use of each DRAM page opened.
+constexpr index_t kDecodeAhead = 8;
 
-template <class W, index_t Chunk>
-inline void prefetch_row_chunk(const index_t* indices, index_t j, index_t c, const W* w, index_t rows,
-                               index_t ld_row, index_t d) {
-  const index_t f = indices[j];
-  if (c >= d || f < 0 || f >= rows) return;
-  const char* p = reinterpret_cast<const char*>(w + f * ld_row + c);
-  constexpr int kLines = int((Chunk * index_t(sizeof(W)) + 63) / 64);
-  for (int l = 0; l < kLines; ++l) __builtin_prefetch(p + 64 * l, 0, 3);
-}
-
-template <class W, index_t Chunk>
-inline void prefetch_ahead(const index_t* indices, index_t k, index_t j, const W* w, index_t rows, index_t ld_row,
-                           index_t c0, index_t d) {
-  index_t pos = j + kDecodeAhead, c = c0;
-  while (pos >= k) {  // past this chunk's rows: the next chunk's (no division in the hot loop)
-    pos -= k;
-    c += Chunk;
-  }
-  prefetch_row_chunk<W, Chunk>(indices, pos, c, w, rows, ld_row, d);
-}
-
-template <class W, index_t Chunk>
-inline void prefetch_start(const index_t* indices, index_t k, const W* w, index_t rows, index_t ld_row, index_t d) {
-  for (index_t pos = 0; pos < kDecodeAhead; ++pos)
-    prefetch_row_chunk<W, Chunk>(indices, pos % k, (pos / k) * Chunk, w, rows, ld_row, d);
+template <class W>
+inline void prefetch_row(index_t f, const W* w, index_t rows, index_t ld_row, index_t d) {
+  if (f < 0 || f >= rows) return;
+  const char* p = reinterpret_cast<const char*>(w + f * ld_row);
+  const index_t bytes = d * index_t(sizeof(W));
+  for (index_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
 }
 
 template <class W>
-void decode_row(index_t k, const float* values, const index_t* indices, const W* w, index_t rows, index_t ld_row,
-                index_t d, const float* bias, float* out) {
+inline void prefetch_ahead(const index_t* indices, index_t avail, index_t j, const W* w, index_t rows,
+                           index_t ld_row, index_t c0, index_t d) {
+  if (c0 == 0 && j + kDecodeAhead < avail) prefetch_row(indices[j + kDecodeAhead], w, rows, ld_row, d);
+}
+
+template <class W>
+void decode_row(index_t k, const float* values, const index_t* indices, index_t /*avail*/, const W* w,
+                index_t rows, index_t ld_row, index_t d, const float* bias, float* out) {
   for (index_t i = 0; i < d; ++i) out[i] = bias != nullptr ? bias[i] : 0.0f;
   for (index_t j = 0; j < k; ++j) {
     const index_t f = indices[j];
@@ -104,6 +93,21 @@ void decode_row(index_t k, const float* values, const index_t* indices, const W*
     const W* src = w + f * ld_row;
     for (index_t i = 0; i < d; ++i) out[i] += v * widen<float>(src[i]);
   }
+}
+
+inline double fma_probe(index_t iters, double* flops) {
+  float acc[8][kPanel];
+  for (int c = 0; c < 8; ++c)
+    for (index_t l = 0; l < kPanel; ++l) acc[c][l] = 0.001f * float(c * kPanel + l);
+  const float a = 0.999999f, b = 1e-7f;
+  for (index_t it = 0; it < iters; ++it)
+    for (int c = 0; c < 8; ++c)
+      for (index_t l = 0; l < kPanel; ++l) acc[c][l] = acc[c][l] * a + b;
+  double sum = 0;
+  for (int c = 0; c < 8; ++c)
+    for (index_t l = 0; l < kPanel; ++l) sum += acc[c][l];
+  *flops = double(iters) * 8 * kPanel * 2;
+  return sum;
 }
 
 }  // namespace portable

@@ -9,6 +9,9 @@
 namespace sae {
 namespace {
 
+// How many weight rows ahead the decode row kernels prefetch (isa_kernels_portable.h).
+constexpr index_t kDecodeAheadRows = 8;
+
 // Rows per task: enough work per task to amortise the pool's hand-off.
 index_t row_grain(index_t k, index_t d) { return std::max<index_t>(1, 16384 / std::max<index_t>(k * d, 1)); }
 
@@ -21,10 +24,31 @@ void combine_rows(index_t n, index_t k, const T* values, const index_t* indices,
   if constexpr (std::is_same<T, float>::value) {
     if (w.col_stride == 1) {  // the common case: W_dec rows contiguous -> the ISA's row kernel
       const DecodeRowFn<W> row = decode_row_of<W>(active_kernels());
+      const index_t threads = num_threads();
+      if (n < 2 * threads && d >= 512) {
+        // A few rows (token-by-token generation): split the columns too, or most threads idle.
+        const index_t splits = std::min<index_t>((2 * threads + n - 1) / n, d / 256);
+        const index_t width = (d / splits + 15) / 16 * 16;
+        if (check != nullptr) check->scan(indices, n * k, w.rows);
+        parallel_for(n * splits, [&](index_t t) {
+          const index_t r = t / splits, c0 = (t % splits) * width;
+          if (c0 >= d) return;
+          row(k, values + r * k, indices + r * k, k, w.data + c0, w.rows, w.row_stride, std::min(width, d - c0),
+              bias != nullptr ? bias + c0 : nullptr, out + r * d + c0);
+        });
+        return;
+      }
       parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
         if (check != nullptr) check->scan(indices + r0 * k, (r1 - r0) * k, w.rows);
+        // The first rows of this range; the row kernel prefetches the rest as it goes.
+        for (index_t j = 0; j < std::min<index_t>(kDecodeAheadRows, (r1 - r0) * k); ++j) {
+          const index_t f = indices[r0 * k + j];
+          if (f >= 0 && f < w.rows)
+            for (index_t b = 0; b < d * index_t(sizeof(W)); b += 64)
+              __builtin_prefetch(reinterpret_cast<const char*>(w.row(f)) + b, 0, 3);
+        }
         for (index_t r = r0; r < r1; ++r)
-          row(k, values + r * k, indices + r * k, w.data, w.rows, w.row_stride, d, bias, out + r * d);
+          row(k, values + r * k, indices + r * k, (r1 - r) * k, w.data, w.rows, w.row_stride, d, bias, out + r * d);
       });
       return;
     }

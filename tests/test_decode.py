@@ -83,6 +83,21 @@ def test_decode_chunk_edges(isa, d_in):
         torch.testing.assert_close(got.double(), dense @ W.double() + w["b_dec"].double(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("d_in", [512, 600, 1031])
+def test_decode_few_rows_wide(isa, threads, n, d_in):
+    # Few rows of a wide decoder: the columns are split across threads too.
+    w = make_weights(d_in, 70)
+    vals, idx = _codes(n, 9, 70, seed=d_in)
+    if n > 1:
+        idx[1, 0] = -1
+    dense = torch.zeros(n, 70, dtype=torch.float64).scatter_add(-1, idx.clamp_min(0), vals.double() * (idx >= 0))
+    for dtype in (torch.float32, torch.bfloat16):
+        W = w["W_dec"].to(dtype)
+        got = sn.functional.decode(vals, idx, W, w["b_dec"])
+        torch.testing.assert_close(got.double(), dense @ W.double() + w["b_dec"].double(), atol=1e-5, rtol=1e-5)
+
+
 def test_decode_strided_weights():
     w = make_weights(15, 33)
     Wt = w["W_dec"].t().contiguous().t()

@@ -1,5 +1,10 @@
 """The ``sae-native`` command.
 
+    sae-native bench [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--ops encode,decode,steer]
+                     [--shape N,d_in,d_sae,k ...] [--activation topk|jumprelu]
+                     [--preset quick|standard|large] [--repeats R] [--refs NAMES] [--json PATH]
+                     [--plot PATH]
+                                    times every op against every reference available
     sae-native info                 what was built and what the CPU kernels chose
     sae-native check [--shape N,d_in,d_sae,k] [--seed S]
                                     runs every op on a random SAE, compares it with torch's dense
@@ -103,15 +108,107 @@ def _check(args) -> int:
     return 0 if ok else 1
 
 
+def _bench(args, parser) -> int:
+    from .bench import OPS, PRESETS, parse_shape, reference_names
+    from .bench import report, runner
+
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = [o for o in ops if o not in OPS]
+    if unknown or not ops:
+        parser.error(f"--ops: unknown op {unknown[0]!r}; expected a comma-separated subset of {','.join(OPS)}"
+                     if unknown else "--ops: expected at least one op")
+    try:
+        shapes = [parse_shape(s, args.activation) for s in args.shape] if args.shape else PRESETS[args.preset]
+    except ValueError as e:
+        parser.error(str(e))
+    if args.repeats < 1:
+        parser.error("--repeats: expected an integer >= 1")
+    refs = None
+    if args.refs is not None:
+        refs = [] if args.refs.strip() == "none" else [r.strip() for r in args.refs.split(",") if r.strip()]
+        bad = [r for r in refs if r not in reference_names()]
+        if bad:
+            parser.error(f"--refs: unknown reference {bad[0]!r}; expected 'none' or a comma-separated subset of "
+                         f"{','.join(reference_names())}")
+    if args.device == "cuda":
+        import sae_native as sn
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device on this machine")
+        if not sn.build_info()["cuda_compiled"]:
+            parser.error("--device cuda: this build of sae-native has no CUDA kernels (build with nvcc present)")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot: needs matplotlib (pip install 'sae-native[plot]' or pip install matplotlib)")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+
+    total = len(shapes) * len(ops) * args.repeats
+    bar = _progress_bar(total)
+    try:
+        result = runner.run(shapes, ops, dtype=dtype, device=args.device, repeats=args.repeats, refs=refs,
+                            progress=bar.set_description, tick=lambda: bar.update(1))
+    finally:
+        bar.close()
+    report.print_table(result, sys.stdout)
+    if args.json:
+        report.write_json(result, args.json)
+        print(f"wrote {len(result.records)} records to {args.json}")
+    if args.plot:
+        report.write_plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+class _PlainBar:
+    """A progress line on stderr when tqdm is not installed."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.desc = total, 0, ""
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+
+    def update(self, n: int) -> None:
+        self.done += n
+        print(f"\r[{self.done}/{self.total}] {self.desc}".ljust(70), end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        print(file=sys.stderr)
+
+
+def _progress_bar(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _PlainBar(total)
+    return tqdm(total=total, file=sys.stderr, leave=False)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="sae-native", description="Native kernels for sparse autoencoders.")
     sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="time every op against every reference available")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                       help="weight dtype (activations stay float32)")
+    bench.add_argument("--ops", default="encode,decode,steer", help="comma-separated subset of encode,decode,steer")
+    bench.add_argument("--shape", nargs="+", metavar="N,d_in,d_sae,k", help="shapes to run instead of a preset")
+    bench.add_argument("--activation", choices=["topk", "jumprelu"], default="topk", help="for --shape")
+    bench.add_argument("--preset", choices=["quick", "standard", "large"], default="standard")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--refs", metavar="NAMES", help="references to run: comma-separated names, or none "
+                       "(default: every one installed)")
+    bench.add_argument("--json", metavar="PATH", help="write one record per (op, shape, implementation)")
+    bench.add_argument("--plot", metavar="PATH", help="write a PNG speedup and roofline chart (needs matplotlib)")
     sub.add_parser("info", help="print build_info() as JSON")
     check = sub.add_parser("check", help="run every op on a random SAE against torch's dense path")
     check.add_argument("--shape", type=_parse_shape, default=(256, 768, 24576, 32), metavar="N,d_in,d_sae,k")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return _bench(args, parser)
     if args.command == "info":
         import sae_native as sn
         print(json.dumps(sn.build_info(), indent=2))

@@ -1,0 +1,85 @@
+"""What machine a benchmark ran on, and its measured ceilings (the roofline)."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any, Dict, Optional
+
+import torch
+
+import sae_native as sn
+from sae_native import _C
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(device: torch.device) -> Dict[str, Any]:
+    info = sn.build_info()
+    out = {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "cpu_isa": info["cpu_isa"],
+        "threads": info["num_threads"],
+        "thread_pool": info["thread_pool"],
+        "torch": torch.__version__,
+        "sae_native": info["version"],
+        "python": platform.python_version(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+    return out
+
+
+def fma_peak_gflops(seconds: float = 0.3) -> float:
+    """FMA throughput of all kernel threads at once, fp32, with the kernel variant in use."""
+    _C.fma_probe(10_000)
+    iters = 100_000
+    while True:
+        t0 = time.perf_counter()
+        flops, _ = _C.fma_probe(iters)
+        dt = time.perf_counter() - t0
+        if dt >= seconds / 3:
+            break
+        iters *= 4
+    best = dt
+    for _ in range(2):
+        t0 = time.perf_counter()
+        _C.fma_probe(iters)
+        best = min(best, time.perf_counter() - t0)
+    return flops / best / 1e9
+
+
+def copy_bandwidth_gbps(device: torch.device, mib: int = 256) -> float:
+    """Bytes read plus bytes written per second by a large tensor copy."""
+    n = mib * 2 ** 20 // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best: Optional[float] = None
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    return 2 * n * 4 / best / 1e9
+
+
+def ceilings(device: torch.device) -> Dict[str, float]:
+    out = {"copy_gbps": copy_bandwidth_gbps(device)}
+    if device.type == "cpu":
+        out["fma_gflops"] = fma_peak_gflops()
+    return out
