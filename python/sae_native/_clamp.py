@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -26,7 +26,24 @@ def _feature_id(f, d_sae: int) -> int:
     return f
 
 
-def _target(v, f: int) -> float:
+class ParsedClamp(NamedTuple):
+    """A validated clamp: int64 features [C] (distinct, in range) and their targets [C]. Passing
+    one to SAE.steer skips re-validation (the hooks parse once, then steer every forward)."""
+    features: Tensor
+    targets: Tensor
+
+    def to(self, device, dtype) -> "ParsedClamp":
+        return ParsedClamp(self.features.to(device), self.targets.to(device=device, dtype=dtype))
+
+
+def _target(v, f: int, feature_max: Optional[Tensor] = None) -> float:
+    if isinstance(v, tuple) and len(v) == 2 and v[0] == "max":
+        # ("max", s): s times the feature's maximum activation recorded by sn.feature_stats.
+        if feature_max is None:
+            raise ValueError(f"clamp: ({v[0]!r}, {v[1]!r}) for feature {f} needs feature statistics: run "
+                             "sn.feature_stats(model, site, sae, batches) first (it sets sae.stats), or give a number")
+        scale = _target(v[1], f)
+        v = scale * float(feature_max[f])
     if isinstance(v, Tensor):
         if v.numel() != 1:
             raise TypeError(f"clamp: the value for feature {f} must be a number, got a tensor of shape {list(v.shape)}")
@@ -39,15 +56,19 @@ def _target(v, f: int) -> float:
     return v
 
 
-def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device) -> Tuple[Tensor, Tensor]:
-    """``clamp`` is ``{feature: value}`` or a pair ``(features, values)`` of tensors or sequences.
+def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device, feature_max: Optional[Tensor] = None) -> ParsedClamp:
+    """``clamp`` is ``{feature: value}`` or a pair ``(features, values)`` of tensors or sequences,
+    or an already ParsedClamp. A dict value may be ``("max", s)``: s times the feature's recorded
+    maximum (``feature_max``, from sn.feature_stats).
 
     Returns int64 ``features [C]`` and ``targets [C]`` of ``dtype``. Features must be distinct
     and in ``[0, d_sae)``; values finite. Tensor values keep their autograd history.
     """
+    if isinstance(clamp, ParsedClamp):
+        return clamp.to(device, dtype)
     if isinstance(clamp, dict):
         feats = [_feature_id(f, d_sae) for f in clamp]
-        vals = [_target(v, f) for f, v in zip(feats, clamp.values())]
+        vals = [_target(v, f, feature_max) for f, v in zip(feats, clamp.values())]
         features = torch.tensor(feats, dtype=torch.int64, device=device)
         targets = torch.tensor(vals, dtype=dtype, device=device)
     elif isinstance(clamp, (tuple, list)) and len(clamp) == 2:
@@ -74,7 +95,7 @@ def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device) -> Tuple[Tensor, 
                         f"got {type(clamp).__name__}")
     if can_read_values(features) and features.numel() != torch.unique(features).numel():
         raise ValueError(f"clamp: features must be distinct, got {features.tolist()}")
-    return features, targets
+    return ParsedClamp(features, targets)
 
 
 def check_mode(mode, where) -> bool:

@@ -103,12 +103,12 @@ def reconstruct_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None) 
 
 
 def steer_with(w: SAEWeights, x: Tensor, clamp, *, mode: str = "set", keep_error: bool = True,
-               where: str = "always", packed: Optional[Tensor] = None) -> Tensor:
+               where: str = "always", packed: Optional[Tensor] = None, feature_max: Optional[Tensor] = None) -> Tensor:
     only_active = check_mode(mode, where)
     if not isinstance(keep_error, bool):
         raise TypeError(f"keep_error: expected a bool, got {type(keep_error).__name__}")
     x2, lead = _flat_input(w, x)
-    features, targets = parse_clamp(clamp, w.d_sae, x2.dtype, x2.device)
+    features, targets = parse_clamp(clamp, w.d_sae, x2.dtype, x2.device, feature_max)
     if w.activation != "topk" and keep_error:
         # z_f needs only column f of W_enc: O(|C| * d_in) per row, whatever d_sae is.
         y, _ = _ops.steer_threshold(x2, w.W_enc, w.b_enc, w.W_dec, w.input_bias, w.threshold, features, targets,

@@ -29,6 +29,8 @@ class SAE:
         self._w = SAEWeights.validated(W_enc, b_enc, W_dec, b_dec, activation=activation, k=k, threshold=threshold,
                                        apply_b_dec_to_input=apply_b_dec_to_input)
         self._packed = PackedEncoder(self._w.W_enc)
+        # Per-feature statistics (a FeatureStats), set by sn.feature_stats; ("max", s) clamps use it.
+        self.stats = None
 
     # ---- attributes -----------------------------------------------------------------------
     W_enc = property(lambda self: self._w.W_enc)
@@ -62,7 +64,8 @@ class SAE:
     def steer(self, x: Tensor, clamp, *, mode: str = "set", keep_error: bool = True, where: str = "always") -> Tensor:
         """Clamped reconstruction: the activation with some features forced to new values.
 
-        ``clamp`` is ``{feature: value}`` or a pair of tensors ``(features, values)``.
+        ``clamp`` is ``{feature: value}`` or a pair of tensors ``(features, values)``; a value
+        ``("max", s)`` means s times the feature's maximum in ``self.stats`` (sn.feature_stats).
         ``mode``: ``"set"`` (z_f := value), ``"scale"`` (z_f := value * z_f) or ``"add"``
         (z_f := z_f + value); ``where="active"`` changes a feature only where it already fires.
         With ``keep_error`` (default) the SAE's reconstruction error is kept:
@@ -70,7 +73,18 @@ class SAE:
         SAEs this costs O(|clamp| * d_in) per row. Without it, ``y = decode(z')``.
         """
         return F.steer_with(self._w, x, clamp, mode=mode, keep_error=keep_error, where=where,
-                            packed=self._packed.get())
+                            packed=self._packed.get(), feature_max=self.feature_max)
+
+    @property
+    def feature_max(self) -> Optional[Tensor]:
+        """Each feature's maximum activation in ``self.stats``, or None before sn.feature_stats."""
+        return None if self.stats is None else self.stats.max
+
+    def parse_clamp(self, clamp):
+        """Validates a clamp once (see ``steer``) into a ParsedClamp that later steer calls accept
+        without checking it again."""
+        from ._clamp import parse_clamp
+        return parse_clamp(clamp, self.d_sae, self._w.compute_dtype, self.device, self.feature_max)
 
     def refresh(self) -> None:
         """Re-reads W_enc after it was changed in a way its version counter does not see
@@ -80,8 +94,10 @@ class SAE:
     def to(self, device=None, dtype=None) -> "SAE":
         """A copy on another device and/or with another weight dtype (the original is unchanged)."""
         w = self._w.to(device=device, dtype=dtype)
-        return SAE(w.W_enc, w.b_enc, w.W_dec, w.b_dec, activation=w.activation, k=w.k, threshold=w.threshold,
-                   apply_b_dec_to_input=w.apply_b_dec_to_input)
+        out = SAE(w.W_enc, w.b_enc, w.W_dec, w.b_dec, activation=w.activation, k=w.k, threshold=w.threshold,
+                  apply_b_dec_to_input=w.apply_b_dec_to_input)
+        out.stats = None if self.stats is None else self.stats.to(device)
+        return out
 
     def __repr__(self) -> str:
         extra = f", k={self.k}" if self.k is not None else ""
