@@ -152,6 +152,17 @@ PYBIND11_MODULE(_C, m) {
     });
   }, nogil);
 
+  m.def("encode_groupmax", [](int x_dtype, int w_dtype, index_t n, index_t d_in, index_t d_sae, ptr_t x,
+                              ptr_t packed, ptr_t b_enc, ptr_t b_dec, index_t k, ptr_t values, ptr_t indices) {
+    if (k < 1 || d_sae % k != 0) throw std::invalid_argument("groupmax: d_sae must be a multiple of k >= 1");
+    dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
+      using T = decltype(t_tag);
+      using W = decltype(w_tag);
+      const auto in = encode_inputs<T>(n, d_in, d_sae, x, b_enc, b_dec, 0);
+      encode_groupmax<T, W>(in, as<const W>(packed), k, as<T>(values), as<index_t>(indices));
+    });
+  }, nogil);
+
   py::class_<ThresholdResult>(m, "ThresholdResult")
       .def_property_readonly("max_count", &ThresholdResult::max_count)
       .def("write", &ThresholdResult::write, nogil);

@@ -1,6 +1,7 @@
 #include "encode.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "isa.h"
 #include "pack.h"
@@ -157,6 +158,63 @@ void encode_topk(const EncodeInputs<T>& in, const W* packed, index_t k, T* value
   }
 }
 
+namespace {
+
+// The better of two group picks: larger relu value, NaN above numbers (torch.max), then lower index.
+template <class T> inline bool better_pick(T v, index_t i, T best_v, index_t best_i) {
+  const bool vn = std::isnan(v), bn = std::isnan(best_v);
+  if (vn || bn) return vn && (!bn || i < best_i);
+  return v > best_v || (v == best_v && i < best_i);
+}
+
+}  // namespace
+
+template <class T, class W>
+void encode_groupmax(const EncodeInputs<T>& in, const W* packed, index_t k, T* values, index_t* indices) {
+  if (in.n == 0) return;
+  const IsaKernels& kernels = active_kernels();
+  const Tile<T, W> tile = tile_of<T, W>(kernels);
+  const Screen<T> screen = screen_of<T>(kernels);
+  const Plan plan = make_plan<T>(in.n, in.d_in, in.d_sae, tile.rows);
+  const index_t d_sae = in.d_sae, group = d_sae / k;
+  // picks[(row * splits + split) * k + g]: each split's best of group g (value -1: none yet).
+  std::vector<Cand<T>> picks(size_t(in.n * plan.splits * k), Cand<T>{T(-1), -1});
+  parallel_for(plan.tasks(), [&](index_t task) {
+    const index_t s = task % plan.splits;
+    std::vector<T> u;
+    run_task(in, packed, plan, task, tile, u, [&](index_t row, index_t p, int panels, T* acc) {
+      Cand<T>* best = picks.data() + (row * plan.splits + s) * k;
+      const index_t first = p * kPanel;
+      const int lanes = live_lanes(first, panels, d_sae);
+      screen.topk(acc, in.b_enc + first, lanes, std::numeric_limits<T>::infinity());  // adds the bias
+      for (int l = 0; l < lanes; ++l) {
+        const index_t f = first + l;
+        const T v = relu(acc[l]);
+        Cand<T>& b = best[f / group];
+        if (better_pick(v, f, b.key, b.idx)) b = Cand<T>{v, f};
+      }
+    });
+  });
+  parallel_range(in.n, 64, [&](index_t r0, index_t r1) {
+    std::vector<Cand<T>> row(static_cast<size_t>(k));
+    for (index_t r = r0; r < r1; ++r) {
+      for (index_t g = 0; g < k; ++g) {
+        Cand<T> b = picks[size_t((r * plan.splits) * k + g)];
+        for (index_t s = 1; s < plan.splits; ++s) {
+          const Cand<T>& c = picks[size_t((r * plan.splits + s) * k + g)];
+          if (c.idx >= 0 && (b.idx < 0 || better_pick(c.key, c.idx, b.key, b.idx))) b = c;
+        }
+        row[size_t(g)] = b;
+      }
+      std::sort(row.begin(), row.end(), ranks_before<T>);
+      for (index_t j = 0; j < k; ++j) {
+        values[r * k + j] = row[size_t(j)].key;
+        indices[r * k + j] = row[size_t(j)].idx;
+      }
+    }
+  });
+}
+
 template <class T, class W>
 ThresholdCodes<T> encode_threshold(const EncodeInputs<T>& in, const W* packed) {
   ThresholdCodes<T> out;
@@ -238,6 +296,7 @@ void ThresholdCodes<T>::write(index_t width, Out* values, index_t* indices, inde
 
 #define SAE_INSTANTIATE_ENCODE(T, W)                                                             \
   template void encode_topk<T, W>(const EncodeInputs<T>&, const W*, index_t, T*, index_t*);    \
+  template void encode_groupmax<T, W>(const EncodeInputs<T>&, const W*, index_t, T*, index_t*); \
   template ThresholdCodes<T> encode_threshold<T, W>(const EncodeInputs<T>&, const W*);
 SAE_INSTANTIATE_ENCODE(float, float)
 SAE_INSTANTIATE_ENCODE(float, bf16)

@@ -23,6 +23,12 @@ template <class T, class W>
 void encode_topk(const EncodeInputs<T>& in, const W* packed, index_t k, T* values,
                  index_t* indices);
 
+// GroupMax (sparsify): the latents split into k contiguous groups of d_sae / k; each row keeps the
+// largest relu(pre) of every group (ties to the lower index, NaN wins as in torch.max). Writes the
+// k picks sorted by value descending (ties to the lower index) into values / indices [n, k].
+template <class T, class W>
+void encode_groupmax(const EncodeInputs<T>& in, const W* packed, index_t k, T* values, index_t* indices);
+
 // Threshold SAEs (JumpReLU; ReLU is threshold 0): variable-length codes, one list per row.
 template <class T> struct ThresholdCodes {
   std::vector<index_t> offsets;  // [n + 1]: row r's entries are [offsets[r], offsets[r + 1])

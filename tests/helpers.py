@@ -14,7 +14,7 @@ SIZES_D_SAE = [1, 2, 13, 16, 17, 97, 128, 257]
 
 
 def make_weights(d_in: int, d_sae: int, activation: str = "topk", k: Optional[int] = None, *,
-                 dtype=torch.float32, seed: int = 0, apply_b_dec_to_input: bool = True) -> dict:
+                 dtype=torch.float32, seed: int = 0, apply_b_dec_to_input: bool = True, normalize: str = "none") -> dict:
     g = torch.Generator().manual_seed(seed)
     w = dict(
         W_enc=(torch.randn(d_in, d_sae, generator=g) / math.sqrt(d_in)).to(dtype),
@@ -22,9 +22,10 @@ def make_weights(d_in: int, d_sae: int, activation: str = "topk", k: Optional[in
         W_dec=(torch.randn(d_sae, d_in, generator=g) / math.sqrt(max(d_sae, 1))).to(dtype),
         b_dec=(0.1 * torch.randn(d_in, generator=g)).to(dtype),
         activation=activation,
-        k=k if activation == "topk" else None,
+        k=k if activation in ("topk", "groupmax") else None,
         threshold=(0.5 * torch.rand(d_sae, generator=g)).to(dtype) if activation == "jumprelu" else None,
         apply_b_dec_to_input=apply_b_dec_to_input,
+        normalize=normalize,
     )
     return w
 
@@ -98,3 +99,23 @@ def check_threshold_codes(codes: sn.SparseCodes, ref: RefSAE, x: torch.Tensor) -
     clear = (pre - bar).abs() > tol
     assert ((ours != 0) == (pre > bar))[clear].all(), "active set differs away from the threshold"
     torch.testing.assert_close(ours[ours != 0], pre[ours != 0], atol=float(tol.max()), rtol=0)
+
+
+def check_groupmax_codes(codes: sn.SparseCodes, ref: RefSAE, x: torch.Tensor) -> None:
+    """One pick per group, in its group, the group's largest relu(pre) up to rounding, exact
+    value; sorted by value descending with ties to the lower index."""
+    d_sae, k = ref.W_enc.shape[1], ref.k
+    group = d_sae // k
+    x2 = x.reshape(-1, x.shape[-1])
+    flat = codes.flatten()
+    vals, idx = flat.values.double(), flat.indices
+    assert vals.shape == (x2.shape[0], k)
+    if x2.shape[0] == 0:
+        return
+    assert torch.equal(torch.sort(idx // group, -1).values, torch.arange(k).expand(x2.shape[0], k))
+    pre, tol = ref.pre(x2), ref.pre_error_bound(x2)
+    torch.testing.assert_close(vals, pre.gather(-1, idx).relu(), atol=float(tol.max()), rtol=0)
+    best = (pre.relu() - tol).unflatten(-1, (k, group)).max(-1).values      # [n, k] by group
+    mine = torch.zeros_like(best).scatter(-1, idx // group, vals)
+    assert (mine >= best - 2 * float(tol.max())).all(), "a group missed a clearly larger latent"
+    check_order(vals, idx)

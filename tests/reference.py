@@ -23,12 +23,25 @@ class RefSAE:
     k: Optional[int] = None
     threshold: Optional[Tensor] = None
     apply_b_dec_to_input: bool = True
+    normalize: str = "none"
+
+    def norm_stats(self, x: Tensor):
+        """(normalized x, shift, scale) in float64, SAELens's definitions."""
+        x = x.detach().to(torch.float64)
+        if self.normalize == "none":
+            return x, torch.zeros_like(x[..., :1]), torch.ones_like(x[..., :1])
+        if self.normalize == "constant_norm_rescale":
+            coeff = x.shape[-1] ** 0.5 / x.norm(dim=-1, keepdim=True)
+            return x * coeff, torch.zeros_like(coeff), 1 / coeff
+        mu = x.mean(-1, keepdim=True)
+        std = (x - mu).std(-1, keepdim=True)
+        return (x - mu) / (std + 1e-5), mu, std
 
     def d(self, t: Optional[Tensor]) -> Optional[Tensor]:
         return None if t is None else t.detach().to(torch.float64)
 
     def u(self, x: Tensor) -> Tensor:
-        x = x.detach().to(torch.float64)
+        x = self.norm_stats(x)[0]
         return x - self.d(self.b_dec) if self.apply_b_dec_to_input else x
 
     def pre(self, x: Tensor) -> Tensor:
@@ -47,11 +60,21 @@ class RefSAE:
         if self.activation == "topk":
             idx = topk_indices(pre, self.k)
             return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx).relu())
+        if self.activation == "groupmax":
+            groups = pre.relu().unflatten(-1, (self.k, -1))
+            best = groups.max(dim=-1)
+            idx = best.indices + torch.arange(0, pre.shape[-1], pre.shape[-1] // self.k)
+            return torch.zeros_like(pre).scatter(-1, idx, best.values)
         thr = torch.zeros_like(self.d(self.b_enc)) if self.threshold is None else self.d(self.threshold)
         return pre.relu() * (pre > thr)
 
-    def decode_dense(self, z: Tensor) -> Tensor:
-        return z.to(torch.float64) @ self.d(self.W_dec) + self.d(self.b_dec)
+    def decode_dense(self, z: Tensor, x: Optional[Tensor] = None) -> Tensor:
+        """z @ W_dec + b_dec, mapped back to x's space when the SAE normalizes its input."""
+        out = z.to(torch.float64) @ self.d(self.W_dec) + self.d(self.b_dec)
+        if self.normalize != "none":
+            _, shift, scale = self.norm_stats(x)
+            out = out * scale + shift
+        return out
 
     def steer(self, x: Tensor, clamp: Dict[int, float], mode: str, keep_error: bool, where: str) -> Tensor:
         z = self.dense(x)
@@ -63,8 +86,9 @@ class RefSAE:
                 new = torch.where(zf > 0, new, zf)
             z2[:, f] = new
         if keep_error:
-            return x.detach().to(torch.float64) + (z2 - z) @ self.d(self.W_dec)
-        return self.decode_dense(z2)
+            scale = self.norm_stats(x)[2]
+            return x.detach().to(torch.float64) + ((z2 - z) @ self.d(self.W_dec)) * scale
+        return self.decode_dense(z2, x)
 
 
 def topk_indices(pre: Tensor, k: int) -> Tensor:

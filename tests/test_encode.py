@@ -238,3 +238,45 @@ def test_refresh_after_writes_through_data():
     sae.refresh()
     w = dict(W_enc=sae.W_enc, b_enc=sae.b_enc, W_dec=sae.W_dec, b_dec=sae.b_dec, k=4)
     check_topk_codes(sae.encode(x), RefSAE(**w), x)
+
+
+@pytest.mark.parametrize("d_sae,k", [(1, 1), (12, 3), (97, 97), (128, 8), (255, 5), (1000, 40)])
+@pytest.mark.parametrize("n", [1, 6, 133])
+def test_groupmax_matches_reference(isa, threads, d_sae, k, n):
+    from helpers import check_groupmax_codes
+    sae, ref = make_pair(19, d_sae, "groupmax", k, seed=d_sae + n)
+    x = randn(n, 19, seed=n)
+    check_groupmax_codes(sae.encode(x), ref, x)
+    torch.testing.assert_close(sae(x).double(), ref.decode_dense(ref.dense(x)), atol=2e-5, rtol=2e-5)
+
+
+def test_groupmax_all_negative_groups_pick_the_first_latent():
+    w = make_weights(6, 20, "groupmax", 4)
+    w["b_enc"].fill_(-100.0)
+    codes = sn.SAE(**w).encode(randn(3, 6))
+    assert (codes.values == 0).all()
+    assert torch.equal(torch.sort(codes.indices, -1).values, torch.tensor([0, 5, 10, 15]).expand(3, 4))
+
+
+def test_groupmax_k_must_divide_d_sae():
+    with pytest.raises(ValueError, match=r"k: a groupmax SAE splits d_sae=20 into k equal groups; 3 does not divide"):
+        sn.SAE(**make_weights(6, 20, "groupmax", 3))
+
+
+@pytest.mark.parametrize("normalize", ["constant_norm_rescale", "layer_norm"])
+@pytest.mark.parametrize("activation", ["topk", "jumprelu"])
+def test_input_normalization(normalize, activation):
+    sae, ref = make_pair(24, 80, activation, 6, normalize=normalize)
+    x = 3.0 * randn(2, 5, 24) + 1.5
+    codes = sae.encode(x)
+    (check_topk_codes if activation == "topk" else check_threshold_codes)(codes, ref, x)
+    want = ref.decode_dense(ref.dense(x.reshape(-1, 24)), x.reshape(-1, 24)).reshape(2, 5, 24)
+    torch.testing.assert_close(sae(x).double(), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sae.decode(codes), sae(x))
+    with pytest.raises(ValueError, match=r"codes: this SAE normalizes its input \(" + normalize):
+        sae.decode((codes.values, codes.indices))
+    for keep_error in (True, False):
+        got = sae.steer(x, {3: 4.0}, keep_error=keep_error)
+        torch.testing.assert_close(got.double(), ref.steer(x.reshape(-1, 24), {3: 4.0}, "set", keep_error, "always")
+                                   .reshape(2, 5, 24), atol=1e-4, rtol=1e-4)
+    assert torch.equal(sae.steer(x, {}), x)

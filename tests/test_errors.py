@@ -27,7 +27,7 @@ def _w(**over):
     (dict(k=2.0), TypeError, r"k: expected an int"),
     (dict(k=True), TypeError, r"k: expected an int"),
     (dict(activation="gelu"), ValueError, r"activation: expected one of"),
-    (dict(activation="relu", k=3), ValueError, r"k: only topk SAEs take k"),
+    (dict(activation="relu", k=3), ValueError, r"k: only topk and groupmax SAEs take k"),
     (dict(activation="jumprelu", k=None, threshold=None), ValueError, r"threshold: a jumprelu SAE needs"),
     (dict(activation="jumprelu", k=None, threshold=torch.ones(3)), ValueError, r"threshold: expected shape \[20\]"),
     (dict(activation="jumprelu", k=None, threshold=torch.tensor([math.nan] + [0.1] * 19)), ValueError,

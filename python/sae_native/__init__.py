@@ -11,12 +11,13 @@ from . import backends  # noqa: F401  (registers their kernels)
 from . import functional
 from ._runtime import _init_threads, build_info, get_num_threads, set_num_threads
 from .codes import SparseCodes
+from .formats import load
 from .hooks import attach, record, splice, steer
 from .sae import SAE
 from .stats import FeatureStats, feature_stats
 
 __version__ = build_info()["version"]
 __all__ = ["SAE", "SparseCodes", "functional", "build_info", "set_num_threads", "get_num_threads", "record",
-           "splice", "steer", "attach", "feature_stats", "FeatureStats", "__version__"]
+           "splice", "steer", "attach", "feature_stats", "FeatureStats", "load", "__version__"]
 
 _init_threads()

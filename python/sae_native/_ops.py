@@ -23,6 +23,7 @@ from . import _steer_math
 
 __all__ = [
     "encode_topk",
+    "encode_groupmax",
     "encode_threshold",
     "decode",
     "steer_threshold",
@@ -57,6 +58,20 @@ def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor]
 
 
 @encode_topk.register_fake
+def _(x, W_enc, b_enc, b_dec, k, packed):
+    return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0], k, dtype=torch.int64)
+
+
+@torch.library.custom_op("sae_native::encode_groupmax", mutates_args=())
+def encode_groupmax(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: int,
+                    packed: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """GroupMax encode (sparsify): the d_sae latents form k contiguous groups; each row keeps the
+    largest relu(pre) of every group (ties to the lower index). Returns (values, indices) [n, k],
+    sorted by value descending. ``packed`` as for encode_topk."""
+    raise _no_backend("encode_groupmax", x, W_enc)
+
+
+@encode_groupmax.register_fake
 def _(x, W_enc, b_enc, b_dec, k, packed):
     return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0], k, dtype=torch.int64)
 
@@ -109,6 +124,7 @@ def _encode_backward(ctx, g_values, *_unused):
 
 
 encode_topk.register_autograd(_encode_backward, setup_context=_encode_setup)
+encode_groupmax.register_autograd(_encode_backward, setup_context=_encode_setup)
 encode_threshold.register_autograd(_encode_backward, setup_context=_encode_setup)
 
 

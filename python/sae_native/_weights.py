@@ -9,7 +9,8 @@ from torch import Tensor
 
 from .backends._dtypes import WEIGHT_DTYPES
 
-ACTIVATIONS = ("topk", "jumprelu", "relu")
+ACTIVATIONS = ("topk", "jumprelu", "relu", "groupmax")
+NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
 
 
 def can_read_values(*tensors: Optional[Tensor]) -> bool:
@@ -46,6 +47,7 @@ class SAEWeights:
     k: Optional[int]
     threshold: Optional[Tensor]
     apply_b_dec_to_input: bool
+    normalize: str = "none"
 
     @property
     def d_in(self) -> int:
@@ -71,7 +73,7 @@ class SAEWeights:
 
     @classmethod
     def validated(cls, W_enc, b_enc, W_dec, b_dec, *, activation="topk", k=None, threshold=None,
-                  apply_b_dec_to_input=True) -> "SAEWeights":
+                  apply_b_dec_to_input=True, normalize="none") -> "SAEWeights":
         W_enc = _tensor("W_enc", W_enc)
         if W_enc.dim() != 2:
             raise ValueError(f"W_enc: expected shape [d_in, d_sae], got {list(W_enc.shape)}")
@@ -86,13 +88,15 @@ class SAEWeights:
 
         if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-        if activation == "topk":
+        if activation in ("topk", "groupmax"):
             if k is None or isinstance(k, bool) or not isinstance(k, int):
-                raise TypeError(f"k: expected an int in [1, d_sae={d_sae}] for a topk SAE, got {k!r}")
+                raise TypeError(f"k: expected an int in [1, d_sae={d_sae}] for a {activation} SAE, got {k!r}")
             if not 1 <= k <= d_sae:
                 raise ValueError(f"k: expected an int in [1, d_sae={d_sae}], got {k}")
+            if activation == "groupmax" and d_sae % k:
+                raise ValueError(f"k: a groupmax SAE splits d_sae={d_sae} into k equal groups; {k} does not divide it")
         elif k is not None:
-            raise ValueError(f"k: only topk SAEs take k; got k={k!r} with activation={activation!r}")
+            raise ValueError(f"k: only topk and groupmax SAEs take k; got k={k!r} with activation={activation!r}")
         if activation == "jumprelu":
             if threshold is None:
                 raise ValueError("threshold: a jumprelu SAE needs a threshold tensor of shape [d_sae]")
@@ -103,6 +107,8 @@ class SAEWeights:
             raise ValueError(f"threshold: only jumprelu SAEs take a threshold (activation={activation!r})")
         if not isinstance(apply_b_dec_to_input, bool):
             raise TypeError(f"apply_b_dec_to_input: expected a bool, got {type(apply_b_dec_to_input).__name__}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize: expected one of {NORMALIZATIONS}, got {normalize!r}")
 
         for name, t in named.items():
             _check_float(name, t)
@@ -113,11 +119,11 @@ class SAEWeights:
         if threshold is not None and can_read_values(threshold) and not bool(torch.isfinite(threshold).all()):
             bad = int((~torch.isfinite(threshold)).nonzero()[0, 0])
             raise ValueError(f"threshold: expected finite values, got {threshold[bad].item()} at latent {bad}")
-        return cls(W_enc, b_enc, W_dec, b_dec, activation, k, threshold, apply_b_dec_to_input)
+        return cls(W_enc, b_enc, W_dec, b_dec, activation, k, threshold, apply_b_dec_to_input, normalize)
 
     def to(self, device=None, dtype=None) -> "SAEWeights":
         def move(t):
             return None if t is None else t.to(device=device, dtype=dtype)
         return SAEWeights.validated(move(self.W_enc), move(self.b_enc), move(self.W_dec), move(self.b_dec),
                                     activation=self.activation, k=self.k, threshold=move(self.threshold),
-                                    apply_b_dec_to_input=self.apply_b_dec_to_input)
+                                    apply_b_dec_to_input=self.apply_b_dec_to_input, normalize=self.normalize)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -18,7 +18,8 @@ class SparseCodes:
     padding. Values follow the dense formula, so a NaN activation shows up as a NaN value.
     """
 
-    def __init__(self, values: Tensor, indices: Tensor, d_sae: int, counts: Optional[Tensor] = None):
+    def __init__(self, values: Tensor, indices: Tensor, d_sae: int, counts: Optional[Tensor] = None,
+                 input_norm: Optional[Tuple[Optional[Tensor], Tensor]] = None):
         if not isinstance(values, Tensor) or not isinstance(indices, Tensor):
             raise TypeError("values and indices: expected tensors")
         if values.shape != indices.shape:
@@ -33,6 +34,9 @@ class SparseCodes:
         self.indices = indices
         self.d_sae = int(d_sae)
         self._counts = counts
+        # (shift or None, scale), each [..., 1]: the statistics of an SAE that normalizes its input
+        # (layer_norm / constant_norm_rescale), which decode needs to map back.
+        self.input_norm = input_norm
 
     @property
     def counts(self) -> Tensor:
@@ -66,11 +70,19 @@ class SparseCodes:
         """The codes with the leading dimensions flattened to one: ``[n, k]``."""
         k, n = self.values.shape[-1], math.prod(self.values.shape[:-1])
         counts = None if self._counts is None else self._counts.reshape(n)
-        return SparseCodes(self.values.reshape(n, k), self.indices.reshape(n, k), self.d_sae, counts)
+        return SparseCodes(self.values.reshape(n, k), self.indices.reshape(n, k), self.d_sae, counts,
+                           self._map_norm(lambda t: t.reshape(n, 1)))
 
     def to(self, device) -> "SparseCodes":
         counts = None if self._counts is None else self._counts.to(device)
-        return SparseCodes(self.values.to(device), self.indices.to(device), self.d_sae, counts)
+        return SparseCodes(self.values.to(device), self.indices.to(device), self.d_sae, counts,
+                           self._map_norm(lambda t: t.to(device)))
+
+    def _map_norm(self, fn):
+        if self.input_norm is None:
+            return None
+        shift, scale = self.input_norm
+        return (None if shift is None else fn(shift), fn(scale))
 
     def __repr__(self) -> str:
         return (f"SparseCodes(shape={list(self.shape)}, k={self.k}, d_sae={self.d_sae}, "

@@ -9,6 +9,7 @@ and ``torch.compile``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -27,13 +28,13 @@ __all__ = ["encode", "decode", "reconstruct", "steer"]
 
 
 def encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, *, activation: str = "topk", k: Optional[int] = None,
-           threshold: Optional[Tensor] = None, b_dec: Optional[Tensor] = None) -> SparseCodes:
-    """Sparse codes of ``x``; ``b_dec`` (if given) is subtracted from x first."""
+           threshold: Optional[Tensor] = None, b_dec: Optional[Tensor] = None, normalize: str = "none") -> SparseCodes:
+    """Sparse codes of ``x``; ``b_dec`` (if given) is subtracted from x first (after ``normalize``)."""
     W_enc = _as_tensor("W_enc", W_enc)
     # Encoding needs no decoder: W_enc.t() and a zero b_dec stand in for the validation.
     w = SAEWeights.validated(W_enc, b_enc, W_enc.t(), b_dec if b_dec is not None else b_enc.new_zeros(W_enc.shape[0]),
                              activation=activation, k=k, threshold=threshold,
-                             apply_b_dec_to_input=b_dec is not None)
+                             apply_b_dec_to_input=b_dec is not None, normalize=normalize)
     return encode_with(w, x)
 
 
@@ -54,19 +55,19 @@ def decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tenso
 
 def reconstruct(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, *, activation: str = "topk",
                 k: Optional[int] = None, threshold: Optional[Tensor] = None,
-                apply_b_dec_to_input: bool = True) -> Tensor:
+                apply_b_dec_to_input: bool = True, normalize: str = "none") -> Tensor:
     """``decode(encode(x))``, in x's dtype and shape."""
     w = SAEWeights.validated(W_enc, b_enc, W_dec, b_dec, activation=activation, k=k, threshold=threshold,
-                             apply_b_dec_to_input=apply_b_dec_to_input)
+                             apply_b_dec_to_input=apply_b_dec_to_input, normalize=normalize)
     return reconstruct_with(w, x)
 
 
 def steer(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, clamp, *, activation: str = "topk",
           k: Optional[int] = None, threshold: Optional[Tensor] = None, apply_b_dec_to_input: bool = True,
-          mode: str = "set", keep_error: bool = True, where: str = "always") -> Tensor:
+          normalize: str = "none", mode: str = "set", keep_error: bool = True, where: str = "always") -> Tensor:
     """Clamped reconstruction (see ``SAE.steer``), in x's dtype and shape."""
     w = SAEWeights.validated(W_enc, b_enc, W_dec, b_dec, activation=activation, k=k, threshold=threshold,
-                             apply_b_dec_to_input=apply_b_dec_to_input)
+                             apply_b_dec_to_input=apply_b_dec_to_input, normalize=normalize)
     return steer_with(w, x, clamp, mode=mode, keep_error=keep_error, where=where)
 
 
@@ -76,15 +77,20 @@ def steer(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
 def encode_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None) -> SparseCodes:
     """Encode with validated weights; ``packed`` is a ``backends.PackedEncoder`` output or None."""
     x2, lead = _flat_input(w, x)
+    x2, shift, scale = _normalize_input(w, x2)
     b_in = w.input_bias
+    counts = None
     if w.activation == "topk":
         values, indices = _ops.encode_topk(x2, w.W_enc, w.b_enc, b_in, w.k, packed)
-        counts = None
+    elif w.activation == "groupmax":
+        values, indices = _ops.encode_groupmax(x2, w.W_enc, w.b_enc, b_in, w.k, packed)
     else:
         values, indices, counts = _ops.encode_threshold(x2, w.W_enc, w.b_enc, b_in, w.threshold, packed)
         counts = counts.reshape(lead)
     width = values.shape[-1]
-    return SparseCodes(values.reshape(*lead, width), indices.reshape(*lead, width), w.d_sae, counts)
+    stats = None if scale is None else (None if shift is None else shift.reshape(*lead, 1), scale.reshape(*lead, 1))
+    return SparseCodes(values.reshape(*lead, width), indices.reshape(*lead, width), w.d_sae, counts,
+                       input_norm=stats)
 
 
 def decode_with(w: SAEWeights, codes) -> Tensor:
@@ -94,12 +100,18 @@ def decode_with(w: SAEWeights, codes) -> Tensor:
         raise TypeError(f"codes: expected SparseCodes or a pair (values, indices), got {type(codes).__name__}")
     if codes.d_sae != w.d_sae:
         raise ValueError(f"codes: expected codes of an SAE with d_sae={w.d_sae}, got d_sae={codes.d_sae}")
-    return _decode_codes(codes, w.W_dec, w.b_dec)
+    out = _decode_codes(codes, w.W_dec, w.b_dec)
+    if w.normalize == "none":
+        return out
+    if codes.input_norm is None:
+        raise ValueError(f"codes: this SAE normalizes its input ({w.normalize}), so decoding needs each row's "
+                         "statistics, which only codes from its own encode carry")
+    shift, scale = codes.input_norm
+    return _denormalize(out, shift, scale)
 
 
 def reconstruct_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None) -> Tensor:
-    codes = encode_with(w, x, packed)
-    return _decode_codes(codes, w.W_dec, w.b_dec).to(x.dtype)
+    return decode_with(w, encode_with(w, x, packed)).to(x.dtype)
 
 
 def steer_with(w: SAEWeights, x: Tensor, clamp, *, mode: str = "set", keep_error: bool = True,
@@ -109,15 +121,41 @@ def steer_with(w: SAEWeights, x: Tensor, clamp, *, mode: str = "set", keep_error
         raise TypeError(f"keep_error: expected a bool, got {type(keep_error).__name__}")
     x2, lead = _flat_input(w, x)
     features, targets = parse_clamp(clamp, w.d_sae, x2.dtype, x2.device, feature_max)
-    if w.activation != "topk" and keep_error:
+    xn, shift, scale = _normalize_input(w, x2)
+    if w.activation in ("jumprelu", "relu") and keep_error:
         # z_f needs only column f of W_enc: O(|C| * d_in) per row, whatever d_sae is.
-        y, _ = _ops.steer_threshold(x2, w.W_enc, w.b_enc, w.W_dec, w.input_bias, w.threshold, features, targets,
+        y, _ = _ops.steer_threshold(xn, w.W_enc, w.b_enc, w.W_dec, w.input_bias, w.threshold, features, targets,
                                     mode, only_active)
     else:
-        codes = encode_with(w, x2, packed)
-        y, _ = _ops.steer_codes(x2, codes.values, codes.indices, w.W_dec, w.b_dec, features, targets, mode,
+        codes = encode_with(w, xn, packed) if scale is None else \
+            encode_with(dataclasses.replace(w, normalize="none"), xn, packed)
+        y, _ = _ops.steer_codes(xn, codes.values, codes.indices, w.W_dec, w.b_dec, features, targets, mode,
                                 only_active, keep_error)
+    if scale is not None:
+        # Back to the input's space: the change is scaled; without keep_error the shift comes back.
+        y = x2 + (y - xn) * scale if keep_error else _denormalize(y, shift, scale)
     return y.reshape(*lead, w.d_in).to(x.dtype)
+
+
+def _normalize_input(w: SAEWeights, x2: Tensor):
+    """(x normalized, shift or None, scale or None) per the SAE's input normalization (SAELens's
+    definitions): constant_norm_rescale scales each row to norm sqrt(d_in) and decode divides it
+    back; layer_norm makes each row (x - mean) / (std + 1e-5) and decode maps y to y * std + mean
+    (std unbiased, as SAELens and OpenAI's sparse_autoencoder compute it)."""
+    if w.normalize == "none":
+        return x2, None, None
+    if w.normalize == "constant_norm_rescale":
+        coeff = w.d_in ** 0.5 / x2.norm(dim=-1, keepdim=True)
+        return x2 * coeff, None, 1.0 / coeff
+    mean = x2.mean(dim=-1, keepdim=True)
+    centred = x2 - mean
+    std = centred.std(dim=-1, keepdim=True)
+    return centred / (std + 1e-5), mean, std
+
+
+def _denormalize(y: Tensor, shift: Optional[Tensor], scale: Tensor) -> Tensor:
+    y = y * scale.to(y.dtype)
+    return y if shift is None else y + shift.to(y.dtype)
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -16,18 +16,26 @@ class SAE:
     """A sparse autoencoder in SAELens orientation.
 
     ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``;
-    ``activation`` is ``"topk"`` (needs ``k``), ``"jumprelu"`` (needs ``threshold [d_sae]``) or
-    ``"relu"``. With ``apply_b_dec_to_input`` (the default) ``b_dec`` is subtracted from x before
-    encoding. Weights may be float32, bfloat16, float16 (widened to float32 in the kernels) or
+    ``activation`` is ``"topk"`` (needs ``k``), ``"jumprelu"`` (needs ``threshold [d_sae]``),
+    ``"relu"``, or ``"groupmax"`` (sparsify's: the latents in k equal groups, the largest of each
+    kept). With ``apply_b_dec_to_input`` (the default) ``b_dec`` is subtracted from x before
+    encoding. ``normalize`` (``"none"``, ``"constant_norm_rescale"``, ``"layer_norm"``, SAELens's
+    definitions) normalizes each row of x first and maps reconstructions back; codes then carry
+    each row's statistics for decode. Weights may be float32, bfloat16, float16 (widened to float32 in the kernels) or
     float64; W_enc and W_dec share a dtype. The tensors are kept as given (no copy); W_enc is
     also laid out once in the panels the CPU kernel streams, re-made when W_enc is changed in
     place (see ``refresh`` for writes through ``.data``).
     """
 
     def __init__(self, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, *, activation: str = "topk",
-                 k: Optional[int] = None, threshold: Optional[Tensor] = None, apply_b_dec_to_input: bool = True):
+                 k: Optional[int] = None, threshold: Optional[Tensor] = None, apply_b_dec_to_input: bool = True,
+                 normalize: str = "none", metadata: Optional[dict] = None):
         self._w = SAEWeights.validated(W_enc, b_enc, W_dec, b_dec, activation=activation, k=k, threshold=threshold,
-                                       apply_b_dec_to_input=apply_b_dec_to_input)
+                                       apply_b_dec_to_input=apply_b_dec_to_input, normalize=normalize)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"metadata: expected a dict, got {type(metadata).__name__}")
+        # Where the SAE came from and where it belongs (e.g. "hook_name"), kept by load and save.
+        self.metadata = dict(metadata or {})
         self._packed = PackedEncoder(self._w.W_enc)
         # Per-feature statistics (a FeatureStats), set by sn.feature_stats; ("max", s) clamps use it.
         self.stats = None
@@ -41,6 +49,7 @@ class SAE:
     activation = property(lambda self: self._w.activation)
     k = property(lambda self: self._w.k)
     apply_b_dec_to_input = property(lambda self: self._w.apply_b_dec_to_input)
+    normalize = property(lambda self: self._w.normalize)
     d_in = property(lambda self: self._w.d_in)
     d_sae = property(lambda self: self._w.d_sae)
     device = property(lambda self: self._w.device)
@@ -95,9 +104,14 @@ class SAE:
         """A copy on another device and/or with another weight dtype (the original is unchanged)."""
         w = self._w.to(device=device, dtype=dtype)
         out = SAE(w.W_enc, w.b_enc, w.W_dec, w.b_dec, activation=w.activation, k=w.k, threshold=w.threshold,
-                  apply_b_dec_to_input=w.apply_b_dec_to_input)
+                  apply_b_dec_to_input=w.apply_b_dec_to_input, normalize=w.normalize, metadata=self.metadata)
         out.stats = None if self.stats is None else self.stats.to(device)
         return out
+
+    def save(self, path) -> None:
+        """Writes the SAE in SAELens format (cfg.json + sae_weights.safetensors) to folder ``path``."""
+        from .formats import save
+        save(self, path)
 
     def __repr__(self) -> str:
         extra = f", k={self.k}" if self.k is not None else ""

@@ -120,6 +120,20 @@ def _encode_topk(x, W_enc, b_enc, b_dec, k, packed):
     return values, indices
 
 
+@torch.library.register_kernel("sae_native::encode_groupmax", "cpu")
+def _encode_groupmax(x, W_enc, b_enc, b_dec, k, packed):
+    x, T, d_in, d_sae, b_enc, b_dec = _encode_prologue("encode_groupmax", x, W_enc, b_enc, b_dec)
+    if k < 1 or d_sae % k:
+        raise _fail("encode_groupmax", f"k must divide d_sae={d_sae} (k groups of d_sae / k latents), got {k}")
+    n = x.shape[0]
+    values = torch.empty(n, k, dtype=T)
+    indices = torch.empty(n, k, dtype=torch.int64)
+    packed = _packed("encode_groupmax", packed, W_enc)
+    _C.encode_groupmax(dtype_code(T), dtype_code(W_enc.dtype), n, d_in, d_sae, x.data_ptr(), packed.data_ptr(),
+                       b_enc.data_ptr(), _ptr(b_dec), k, values.data_ptr(), indices.data_ptr())
+    return values, indices
+
+
 @torch.library.register_kernel("sae_native::encode_threshold", "cpu")
 def _encode_threshold(x, W_enc, b_enc, b_dec, threshold, packed):
     x, T, d_in, d_sae, b_enc, b_dec = _encode_prologue("encode_threshold", x, W_enc, b_enc, b_dec)

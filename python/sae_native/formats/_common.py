@@ -1,0 +1,209 @@
+"""What every format loader shares: reading files safely, checking tensors, building the SAE."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "float64": torch.float64,
+           "double": torch.float64, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+           "half": torch.float16, "fp16": torch.float16}
+PROGRESS_BYTES = 2 ** 30  # files larger than this show a progress bar (progress=None)
+
+
+class FormatError(ValueError):
+    """A file that does not hold what its format promises (names the file and the tensor)."""
+
+
+def parse_dtype(text: Any, where: str) -> torch.dtype:
+    """'float32', 'torch.bfloat16', ... as a torch dtype."""
+    if isinstance(text, torch.dtype):
+        return text
+    key = str(text).replace("torch.", "").strip().lower()
+    if key not in _DTYPES:
+        raise FormatError(f"{where}: unknown dtype {text!r}")
+    return _DTYPES[key]
+
+
+def read_json(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _bar(total: int, enabled: Optional[bool], nbytes: int, desc: str):
+    if enabled is None:
+        enabled = nbytes > PROGRESS_BYTES
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="tensor")
+
+
+def read_safetensors(path: str, names: Optional[Iterable[str]] = None, progress: Optional[bool] = None
+                     ) -> Dict[str, Tensor]:
+    """The tensors of a safetensors file (only `names` when given), read one at a time from the
+    memory-mapped file, so at most one copy of the weights is ever held."""
+    from safetensors import safe_open
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            wanted = keys if names is None else [n for n in names if n in keys]
+            bar = _bar(len(wanted), progress, os.path.getsize(path), os.path.basename(path))
+            out = {}
+            for name in wanted:
+                out[name] = f.get_tensor(name)
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            return out
+    except (OSError, RuntimeError, Exception) as e:  # safetensors raises SafetensorError on truncation
+        if isinstance(e, (FileNotFoundError, FormatError)):
+            raise
+        raise FormatError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e}); truncated or not a "
+                          "safetensors file?") from None
+
+
+def safetensors_keys(path: str) -> Sequence[str]:
+    from safetensors import safe_open
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return list(f.keys())
+    except Exception as e:  # noqa: BLE001 - any failure to parse the header
+        raise FormatError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
+
+
+def torch_load(path: str) -> Any:
+    """torch.load with weights_only=True (tensors, numbers, strings, containers), memory-mapped
+    when the file allows. A pickle that would run code is refused, never executed."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e) and "zip" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) file
+    except pickle.UnpicklingError as e:
+        raise FormatError(f"{path}: refusing to load: the file holds pickled objects beyond tensors, numbers and "
+                          f"strings, and unpickling them could run code (torch.load weights_only=True said: "
+                          f"{str(e).splitlines()[0]})") from None
+    except (EOFError, RuntimeError, ValueError) as e:
+        raise FormatError(f"{path}: cannot read as a torch file ({type(e).__name__}: {e}); truncated?") from None
+
+
+def tensor(state: Dict[str, Any], name: str, file: str, shape: Optional[Sequence[int]] = None,
+           *aliases: str) -> Tensor:
+    """state[name] (or the first alias present), checked: a float tensor of `shape`."""
+    for key in (name, *aliases):
+        if key in state:
+            t = state[key]
+            break
+    else:
+        names = " or ".join(repr(k) for k in (name, *aliases))
+        raise FormatError(f"{file}: missing tensor {names} (the file has: {', '.join(sorted(map(str, state)))})")
+    if not isinstance(t, Tensor):
+        t = torch.as_tensor(t)
+    if not t.is_floating_point():
+        raise FormatError(f"{file}: tensor {key!r} has dtype {t.dtype}, expected a floating-point tensor")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise FormatError(f"{file}: tensor {key!r} has shape {list(t.shape)}, expected {list(shape)}")
+    return t
+
+
+def require_files(folder: str, *names: str) -> None:
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file")
+
+
+@dataclass
+class Spec:
+    """An SAE in sae-native's terms, before dtype/device conversion."""
+    W_enc: Tensor
+    b_enc: Tensor
+    W_dec: Tensor
+    b_dec: Tensor
+    activation: str
+    k: Optional[int] = None
+    threshold: Optional[Tensor] = None
+    apply_b_dec_to_input: bool = True
+    normalize: str = "none"
+    dtype: Optional[torch.dtype] = None  # the format's stated dtype, if any
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+    def fold_input_scale(self, s: float) -> None:
+        """A constant input scaling x -> s * x (reconstruction divided back), folded into the
+        weights as SAELens's fold_activation_norm_scaling_factor does."""
+        self.W_enc = self.W_enc * s
+        self.W_dec = self.W_dec / s
+        self.b_dec = self.b_dec / s
+
+    def fold_decoder_norm_rescale(self) -> None:
+        """Pre-activations multiplied by ||W_dec[f]|| and decode dividing them back (SAELens's
+        rescale_acts_by_decoder_norm), folded into W_enc, b_enc and W_dec."""
+        norms = self.W_dec.float().norm(dim=1).to(self.W_dec.dtype)
+        self.W_enc = self.W_enc * norms
+        self.b_enc = self.b_enc * norms
+        self.W_dec = self.W_dec / norms[:, None]
+
+    def fold_feature_scale(self, scale: Tensor) -> None:
+        """Decode multiplying each feature by scale[f] before W_dec (finetuning scaling factors)."""
+        self.W_dec = self.W_dec * scale.to(self.W_dec.dtype)[:, None]
+
+
+def gated_as_jumprelu(W_enc: Tensor, b_gate: Tensor, b_mag: Tensor, r_mag: Tensor):
+    """A gated SAE, z = (u W + b_gate > 0) * relu(u (W * exp(r_mag)) + b_mag), is exactly a JumpReLU
+    SAE with one GEMM: W' = W * exp(r_mag), b' = b_mag and threshold b_mag - exp(r_mag) * b_gate
+    (the gate opens where pi_mag = exp(r_mag) (u W) + b_mag passes it). Returns (W', b', threshold)."""
+    scale = r_mag.exp()
+    return W_enc * scale, b_mag, b_mag - scale * b_gate
+
+
+def build(spec: Spec, device=None, dtype=None, fmt: str = "", path: str = ""):
+    """The SAE of a Spec, with weights in `dtype` (default: the format's, or float32 for formats
+    sae-native cannot compute in) on `device`."""
+    from ..sae import SAE
+    if dtype is None:
+        dtype = spec.dtype or spec.W_enc.dtype
+        if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            dtype = torch.float32
+    else:
+        dtype = parse_dtype(dtype, "dtype")
+
+    def put(t):
+        return None if t is None else t.to(device=device or "cpu", dtype=dtype)
+    # W_enc may stay a transposed view: the encode kernel packs it into panels from any strides.
+    # Decode gathers W_dec rows, which must be contiguous to be fast: formats storing the decoder
+    # as [d_in, d_sae] are transposed once here (the file's copy is dropped after).
+    W_enc, W_dec = put(spec.W_enc), put(spec.W_dec).contiguous()
+    # Biases and thresholds stay float32 at least: they are small, and bf16 rounding of a
+    # threshold would move which latents fire.
+    small = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def put_small(t):
+        return None if t is None else t.to(device=device or "cpu", dtype=small)
+    metadata = {"format": fmt, "path": os.path.abspath(path), **spec.metadata}
+    return SAE(W_enc, put_small(spec.b_enc), W_dec, put_small(spec.b_dec), activation=spec.activation, k=spec.k,
+               threshold=put_small(spec.threshold), apply_b_dec_to_input=spec.apply_b_dec_to_input,
+               normalize=spec.normalize, metadata=metadata)
