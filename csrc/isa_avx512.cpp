@@ -204,6 +204,7 @@ const IsaKernels kTable = {
     {portable::screen_topk<double>, portable::screen_threshold<double>},
     decode_row<float>, decode_row<bf16>, decode_row<f16>,
     fma_probe,
+    portable::dot_row<float>, portable::dot_row<bf16>, portable::dot_row<f16>, portable::axpy,
 };
 
 }  // namespace

@@ -16,6 +16,7 @@ const IsaKernels kGenericKernels = {
     {portable::screen_topk<double>, portable::screen_threshold<double>},
     portable::decode_row<float>, portable::decode_row<bf16>, portable::decode_row<f16>,
     portable::fma_probe,
+    portable::dot_row<float>, portable::dot_row<bf16>, portable::dot_row<f16>, portable::axpy,
 };
 
 }  // namespace sae

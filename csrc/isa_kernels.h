@@ -49,6 +49,15 @@ template <class W>
 using DecodeRowFn = void (*)(index_t k, const float* values, const index_t* indices, index_t avail, const W* w,
                              index_t rows, index_t ld_row, index_t d, const float* bias, float* out);
 
+// out[j] = <g, w[indices[j] * ld_row + 0:d]> for one row's k codes (0 for latents outside
+// [0, rows)): decode's value gradient. Rows of W contiguous.
+template <class W>
+using DotRowFn = void (*)(index_t k, const float* g, const index_t* indices, const W* w, index_t rows, index_t ld_row,
+                          index_t d, float* out);
+
+// y[0:d] += a * x[0:d]: the inner loop of the sparse weight gradients.
+using AxpyFn = void (*)(index_t d, float a, const float* x, float* y);
+
 // The machine's FMA ceiling for this ISA: `iters` steps of independent fused multiply-add chains
 // that fill the register file. Returns a checksum (so nothing is optimised away) and sets *flops.
 using FmaProbeFn = double (*)(index_t iters, double* flops);
@@ -67,6 +76,10 @@ struct IsaKernels {
   DecodeRowFn<bf16> decode_bf16w;
   DecodeRowFn<f16> decode_f16w;
   FmaProbeFn fma_probe;
+  DotRowFn<float> dot_f32;
+  DotRowFn<bf16> dot_bf16w;
+  DotRowFn<f16> dot_f16w;
+  AxpyFn axpy_f32;
 };
 
 template <class T, class W> const Tile<T, W>& tile_of(const IsaKernels& k);
@@ -83,6 +96,11 @@ template <class W> DecodeRowFn<W> decode_row_of(const IsaKernels& k);
 template <> inline DecodeRowFn<float> decode_row_of(const IsaKernels& k) { return k.decode_f32; }
 template <> inline DecodeRowFn<bf16> decode_row_of(const IsaKernels& k) { return k.decode_bf16w; }
 template <> inline DecodeRowFn<f16> decode_row_of(const IsaKernels& k) { return k.decode_f16w; }
+
+template <class W> DotRowFn<W> dot_row_of(const IsaKernels& k);
+template <> inline DotRowFn<float> dot_row_of(const IsaKernels& k) { return k.dot_f32; }
+template <> inline DotRowFn<bf16> dot_row_of(const IsaKernels& k) { return k.dot_bf16w; }
+template <> inline DotRowFn<f16> dot_row_of(const IsaKernels& k) { return k.dot_f16w; }
 
 // Each variant's table, defined in its isa_<name>.cpp (null where not compiled in).
 extern const IsaKernels kGenericKernels;

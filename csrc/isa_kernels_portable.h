@@ -95,6 +95,32 @@ void decode_row(index_t k, const float* values, const index_t* indices, index_t 
   }
 }
 
+// 16 partial sums: a reduction the compiler may vectorise without reassociating anything itself.
+template <class W>
+void dot_row(index_t k, const float* g, const index_t* indices, const W* w, index_t rows, index_t ld_row, index_t d,
+             float* out) {
+  for (index_t j = 0; j < k; ++j) {
+    const index_t f = indices[j];
+    if (f < 0 || f >= rows) {
+      out[j] = 0.0f;
+      continue;
+    }
+    const W* src = w + f * ld_row;
+    float part[16] = {};
+    index_t i = 0;
+    for (; i + 16 <= d; i += 16)
+      for (int l = 0; l < 16; ++l) part[l] += g[i + l] * widen<float>(src[i + l]);
+    float acc = 0.0f;
+    for (int l = 0; l < 16; ++l) acc += part[l];
+    for (; i < d; ++i) acc += g[i] * widen<float>(src[i]);
+    out[j] = acc;
+  }
+}
+
+inline void axpy(index_t d, float a, const float* x, float* y) {
+  for (index_t i = 0; i < d; ++i) y[i] += a * x[i];
+}
+
 inline double fma_probe(index_t iters, double* flops) {
   float acc[8][kPanel];
   for (int c = 0; c < 8; ++c)

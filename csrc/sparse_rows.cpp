@@ -70,6 +70,17 @@ template <class T, class W>
 void dot_rows(index_t n, index_t k, const T* g, const index_t* indices, const Strided<W>& w,
               T* out, IndexCheck* check) {
   const index_t d = w.cols;
+  if constexpr (std::is_same<T, float>::value) {
+    if (w.col_stride == 1) {
+      const DotRowFn<W> row = dot_row_of<W>(active_kernels());
+      parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
+        if (check != nullptr) check->scan(indices + r0 * k, (r1 - r0) * k, w.rows);
+        for (index_t r = r0; r < r1; ++r)
+          row(k, g + r * d, indices + r * k, w.data, w.rows, w.row_stride, d, out + r * k);
+      });
+      return;
+    }
+  }
   parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
     if (check != nullptr) check->scan(indices + r0 * k, (r1 - r0) * k, w.rows);
     for (index_t r = r0; r < r1; ++r) {
@@ -92,6 +103,7 @@ void scatter_rows(index_t n, index_t k, const T* values, const index_t* indices,
                   index_t d, T* grad, index_t rows, index_t row_stride, index_t col_stride,
                   IndexCheck* check) {
   if (check != nullptr) check->scan(indices, n * k, rows);
+  const AxpyFn axpy = active_kernels().axpy_f32;
   // Threads own disjoint column ranges of grad, so no two write the same element.
   parallel_range(d, 64, [&](index_t c0, index_t c1) {
     for (index_t r = 0; r < n; ++r) {
@@ -101,6 +113,12 @@ void scatter_rows(index_t n, index_t k, const T* values, const index_t* indices,
         const T v = values[r * k + j];
         if (f < 0 || f >= rows || v == T(0)) continue;
         T* dst = grad + f * row_stride;
+        if constexpr (std::is_same<T, float>::value) {
+          if (col_stride == 1) {
+            axpy(c1 - c0, float(v), reinterpret_cast<const float*>(gr) + c0, reinterpret_cast<float*>(dst) + c0);
+            continue;
+          }
+        }
         for (index_t c = c0; c < c1; ++c) dst[c * col_stride] += v * gr[c];
       }
     }

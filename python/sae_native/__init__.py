@@ -15,9 +15,11 @@ from .formats import load
 from .hooks import attach, record, splice, steer
 from .sae import SAE
 from .stats import FeatureStats, feature_stats
+from .training import Trainer, TrainConfig, ce_loss_recovered, evaluate, stream_activations, train
 
 __version__ = build_info()["version"]
 __all__ = ["SAE", "SparseCodes", "functional", "build_info", "set_num_threads", "get_num_threads", "record",
-           "splice", "steer", "attach", "feature_stats", "FeatureStats", "load", "__version__"]
+           "splice", "steer", "attach", "feature_stats", "FeatureStats", "load", "train", "Trainer", "TrainConfig",
+           "evaluate", "ce_loss_recovered", "stream_activations", "__version__"]
 
 _init_threads()

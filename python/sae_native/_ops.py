@@ -109,13 +109,16 @@ def _encode_backward(ctx, g_values, *_unused):
     g_pre = g_values * (values > 0).to(g_values.dtype)
     g_x = g_W_enc = g_b_enc = g_b_dec = None
     if need[0] or (ctx.has_b_dec and need[3]):
-        # sum_j g_pre[r, j] * W_enc[:, idx[r, j]]: a decode against W_enc transposed (a view).
-        g_u = decode(g_pre, indices, W_enc.t(), None)
+        # sum_j g_pre[r, j] * W_enc[:, idx[r, j]]: a decode against the rows of W_enc transposed,
+        # made contiguous once (gathering strided columns would miss the cache on every element).
+        rows = W_enc.t()
+        g_u = decode(g_pre, indices, rows if rows.stride(1) == 1 else rows.contiguous(), None)
         g_x = g_u if need[0] else None
         g_b_dec = -g_u.sum(0).to(b_dec.dtype) if ctx.has_b_dec and need[3] else None
     if need[1]:
+        # Accumulated as [d_sae, d_in] rows (contiguous writes), handed back as W_enc's transpose.
         u = x - b_dec.to(x.dtype) if ctx.has_b_dec else x
-        g_W_enc = sparse_outer(g_pre, indices, u, W_enc.shape[1], True).to(W_enc.dtype)
+        g_W_enc = sparse_outer(g_pre, indices, u, W_enc.shape[1], False).t().to(W_enc.dtype)
     if need[2]:
         shape, dtype = ctx.b_enc_meta
         g_b_enc = g_pre.new_zeros(shape).index_add_(0, indices.clamp_min(0).flatten(), g_pre.flatten())

@@ -1,0 +1,61 @@
+"""Training SAEs with the package's sparse kernels, forward and backward.
+
+    sae = sn.train(acts, architecture="topk", d_sae=16384, k=32, steps=2000)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Optional, Union
+
+from torch import Tensor
+
+from .config import ARCHITECTURES, TrainConfig
+from .data import IterableBatches, TensorBatches, stream_activations
+from .evaluate import ce_loss_recovered, evaluate
+from .trainer import Trainer
+
+_RUN_OPTIONS = ("log_path", "checkpoint_dir", "checkpoint_every", "device", "resume")
+
+
+def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "topk", d_sae: int,
+          k: Optional[int] = None, l1: Optional[float] = None, steps: Optional[int] = None, batch_size: int = 4096,
+          lr: Optional[float] = None, seed: int = 0, progress: bool = True, **options):
+    """Trains an SAE on ``activations`` (a tensor [N, d_in], or an iterable of [n, d_in] batches,
+    e.g. ``stream_activations(model, site, token_batches)``) and returns it as an sn.SAE.
+
+    Options: every TrainConfig field (warmup_steps, decay_from, auxk_coef, dead_tokens,
+    normalize_decoder, bandwidth, init_threshold, weight_dtype, log_every), and ``log_path``
+    (JSONL metrics), ``checkpoint_dir`` / ``checkpoint_every`` (SAELens-format checkpoints with
+    training state), ``resume`` (a checkpoint folder to continue from), ``device``.
+    """
+    run = {key: options.pop(key) for key in list(options) if key in _RUN_OPTIONS}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise TypeError(f"train: unknown option(s) {', '.join(unknown)}; expected TrainConfig fields or "
+                        f"{', '.join(_RUN_OPTIONS)}")
+    cfg = TrainConfig(architecture=architecture, d_sae=d_sae, k=k, l1=l1, steps=steps, batch_size=batch_size, lr=lr,
+                      seed=seed, **options).validate()
+    device = run.get("device", "cpu")
+    if run.get("resume"):
+        trainer = Trainer.from_checkpoint(run["resume"], device=device)
+        trainer.cfg.steps = cfg.steps or trainer.cfg.steps
+    else:
+        if isinstance(activations, Tensor):
+            data = TensorBatches(activations, batch_size, seed)
+            d_in = data.d_in
+        else:
+            data = IterableBatches(activations, batch_size)
+            first = data.next()
+            if first is None:
+                raise ValueError("activations: the iterable yielded nothing")
+            d_in = first.shape[1]
+            data.pending, data.pending_rows = [first], first.shape[0]
+        trainer = Trainer(d_in, cfg, device=device)
+        activations = data
+    return trainer.fit(activations, trainer.cfg.steps, progress=progress, log_path=run.get("log_path"),
+                       checkpoint_dir=run.get("checkpoint_dir"), checkpoint_every=run.get("checkpoint_every"))
+
+
+__all__ = ["train", "Trainer", "TrainConfig", "ARCHITECTURES", "evaluate", "ce_loss_recovered", "stream_activations",
+           "TensorBatches", "IterableBatches"]

@@ -1,0 +1,123 @@
+"""Training hyperparameters, with defaults that follow the published recipes."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Optional
+
+ARCHITECTURES = ("topk", "relu", "jumprelu")
+
+
+@dataclass
+class TrainConfig:
+    """What sn.train / sn.Trainer / ``sae-native train`` take.
+
+    architecture  "topk" (k active latents, AuxK loss for dead ones; OpenAI's recipe), "relu"
+                  (L1 penalty weighted by decoder norms; Anthropic's April 2024 recipe), or
+                  "jumprelu" (L0 penalty through a straight-through estimator; DeepMind's recipe)
+    d_sae         number of latents
+    k             active latents per token (topk)
+    l1            sparsity coefficient: L1 for relu (default 5.0), L0 for jumprelu (default 1e-2)
+    steps         optimizer steps (default: one pass over a tensor of activations)
+    batch_size    tokens per step
+    lr            Adam learning rate (default: 2e-4 / sqrt(d_sae / 16384), Gao et al.'s scaling)
+    seed          weights, data order and everything random
+    warmup_steps  linear lr warm-up (default: 1% of steps, at most 1000)
+    decay_from    fraction of the steps after which lr decays linearly to 0 (default 0.8)
+    auxk_coef     weight of the AuxK loss (topk), 1/32
+    dead_tokens   a latent is dead once it has not fired for this many tokens (default 10M, or a
+                  quarter of the run's tokens when that is smaller)
+    normalize_decoder  keep decoder rows at unit norm, removing the gradient's parallel component
+                  (default: True for topk and jumprelu; relu penalizes norms through its L1 instead)
+    bandwidth     the straight-through estimator's kernel width (jumprelu), in units of the
+                  scaled inputs (mean norm sqrt(d_in)), default 0.05
+    init_threshold  initial JumpReLU threshold, same units, default 0.1
+    weight_dtype  "float32", or "bfloat16" for the kernels' copies of W_enc and W_dec (the Adam
+                  master weights stay float32)
+    log_every     steps between metrics records (progress bar and JSONL log)
+    """
+    architecture: str = "topk"
+    d_sae: int = 4096
+    k: Optional[int] = None
+    l1: Optional[float] = None
+    steps: Optional[int] = None
+    batch_size: int = 4096
+    lr: Optional[float] = None
+    seed: int = 0
+    warmup_steps: Optional[int] = None
+    decay_from: float = 0.8
+    auxk_coef: float = 1 / 32
+    dead_tokens: Optional[int] = None
+    normalize_decoder: Optional[bool] = None
+    bandwidth: float = 0.05
+    init_threshold: float = 0.1
+    weight_dtype: str = "float32"
+    log_every: int = 10
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
+        for name in ("d_sae", "batch_size", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+        if self.architecture == "topk":
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= self.d_sae:
+                raise ValueError(f"k: a topk SAE needs an int in [1, d_sae={self.d_sae}], got {self.k!r}")
+        elif self.k is not None:
+            raise ValueError(f"k: only topk SAEs take k (architecture={self.architecture!r})")
+        if self.architecture == "topk" and self.l1 is not None:
+            raise ValueError("l1: topk SAEs are sparse by construction and take no sparsity coefficient")
+        if self.l1 is not None and (not isinstance(self.l1, (int, float)) or self.l1 < 0 or math.isnan(self.l1)):
+            raise ValueError(f"l1: expected a number >= 0, got {self.l1!r}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"steps: expected an int >= 1, got {self.steps!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+        if not 0 < self.decay_from <= 1:
+            raise ValueError(f"decay_from: expected a fraction in (0, 1], got {self.decay_from!r}")
+        if self.weight_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"weight_dtype: expected 'float32' or 'bfloat16', got {self.weight_dtype!r}")
+        if self.bandwidth <= 0 or self.init_threshold <= 0:
+            raise ValueError("bandwidth and init_threshold: expected numbers > 0")
+        return self
+
+    # ---- resolved defaults -----------------------------------------------------------------
+    @property
+    def sparsity(self) -> float:
+        if self.l1 is not None:
+            return float(self.l1)
+        return {"relu": 5.0, "jumprelu": 1e-2}.get(self.architecture, 0.0)
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        return 2e-4 / math.sqrt(self.d_sae / 16384)
+        return {"relu": 5e-5, "jumprelu": 7e-5}[self.architecture]
+
+    @property
+    def unit_decoder(self) -> bool:
+        return self.architecture != "relu" if self.normalize_decoder is None else bool(self.normalize_decoder)
+
+    def warmup(self, steps: int) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else min(1000, max(1, steps // 100))
+
+    def dead_after(self, total_tokens: int) -> int:
+        if self.dead_tokens is not None:
+            return int(self.dead_tokens)
+        return max(1, min(10_000_000, total_tokens // 4))
+
+    def lr_at(self, step: int, steps: int) -> float:
+        """Linear warm-up, constant, then linear decay to 0 from decay_from * steps."""
+        base, warm = self.learning_rate, self.warmup(steps)
+        if step < warm:
+            return base * (step + 1) / warm
+        start = int(self.decay_from * steps)
+        if step >= start and steps > start:
+            return base * max(0.0, (steps - step) / (steps - start))
+        return base
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,279 @@
+"""The training loop: sparse forward and backward through the package's own ops, Adam."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Dict, Iterable, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .. import _ops
+from .. import functional as F
+from .._weights import SAEWeights
+from ..stats import FeatureStats
+from .config import TrainConfig
+from .data import IterableBatches, TensorBatches
+from .losses import JumpReLUCodes, StepL0
+
+STATE_FILE, CONFIG_FILE = "training_state.pt", "training_config.json"
+
+
+class Trainer:
+    """Trains one SAE on activations of width ``d_in``.
+
+    The weights live as float32 Adam parameters on ``device``; each step encodes with the fused
+    kernel, decodes sparsely and back-propagates through the ops' sparse backward (the decoder
+    gradient touches only active latents' rows, the encoder's only their columns). Inputs are
+    scaled so their mean norm is sqrt(d_in) (measured on the first batch); the scale is folded
+    back into the weights of every SAE this trainer hands out, which therefore work on raw
+    activations.
+    """
+
+    def __init__(self, d_in: int, config: TrainConfig, *, device="cpu"):
+        self.cfg = config.validate()
+        if isinstance(d_in, bool) or not isinstance(d_in, int) or d_in < 1:
+            raise ValueError(f"d_in: expected an int >= 1, got {d_in!r}")
+        self.d_in, self.device = d_in, torch.device(device)
+        g = torch.Generator().manual_seed(config.seed)
+        d_sae = config.d_sae
+        W_dec = torch.randn(d_sae, d_in, generator=g)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        if not config.unit_decoder:
+            W_dec *= 0.1  # Anthropic's init for an unconstrained decoder: small random directions
+        self.W_dec = torch.nn.Parameter(W_dec.to(self.device))
+        # The encoder is stored as W_enc^T [d_sae, d_in] and used through a transposed view: its
+        # sparse gradient is accumulated row by row, which is this layout (no transposing copy).
+        self.W_enc_t = torch.nn.Parameter(W_dec.clone().to(self.device))
+        self.b_enc = torch.nn.Parameter(torch.zeros(d_sae, device=self.device))
+        self.b_dec = torch.nn.Parameter(torch.zeros(d_in, device=self.device))
+        params = [self.W_enc_t, self.b_enc, self.W_dec, self.b_dec]
+        self.log_threshold = None
+        if config.architecture == "jumprelu":
+            self.log_threshold = torch.nn.Parameter(torch.full((d_sae,), math.log(config.init_threshold),
+                                                               device=self.device))
+            params.append(self.log_threshold)
+        try:  # fused Adam (one pass per tensor) where this torch has it for the device
+            self.optimizer = torch.optim.Adam(params, lr=config.learning_rate, betas=(0.9, 0.999), fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            self.optimizer = torch.optim.Adam(params, lr=config.learning_rate, betas=(0.9, 0.999))
+        self.scale: Optional[float] = None
+        self.step_count = 0
+        self.tokens = 0
+        self.since_fired = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
+        self.fired = torch.zeros(d_sae, dtype=torch.float64, device=self.device)
+        self.act_sum = torch.zeros(d_sae, dtype=torch.float64, device=self.device)
+        self.act_max = torch.zeros(d_sae, device=self.device)
+
+    # ---- the step --------------------------------------------------------------------------
+    def _start(self, x: Tensor) -> None:
+        """First batch: the input scale, and b_dec initialised to the data mean."""
+        norms = x.norm(dim=-1).mean()
+        self.scale = float(self.d_in ** 0.5 / norms) if float(norms) > 0 else 1.0
+        with torch.no_grad():
+            self.b_dec.copy_((x * self.scale).mean(0))
+
+    @property
+    def W_enc(self) -> Tensor:
+        """W_enc [d_in, d_sae] (a view of the stored transpose)."""
+        return self.W_enc_t.t()
+
+    def _kernel_weights(self):
+        if self.cfg.weight_dtype == "bfloat16":
+            return self.W_enc_t.to(torch.bfloat16).t(), self.W_dec.to(torch.bfloat16)
+        return self.W_enc_t.t(), self.W_dec
+
+    def step(self, x: Tensor, total_steps: int) -> Dict[str, float]:
+        """One optimizer step on a batch of raw activations [B, d_in]."""
+        cfg = self.cfg
+        x = x.to(self.device, torch.float32)
+        if x.dim() != 2 or x.shape[1] != self.d_in:
+            raise ValueError(f"activations: expected batches [B, {self.d_in}], got {list(x.shape)}")
+        if self.scale is None:
+            self._start(x)
+        xs = x * self.scale
+        W_enc, W_dec = self._kernel_weights()
+        B, d_sae = xs.shape[0], cfg.d_sae
+        theta = None
+        if cfg.architecture == "topk":
+            values, indices = _ops.encode_topk(xs, W_enc, self.b_enc, self.b_dec, cfg.k, None)
+            z = values
+        elif cfg.architecture == "relu":
+            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, None, None)
+            z = values
+        else:
+            # Encode with the threshold lowered by half the STE bandwidth: the codes then also hold
+            # the latents just below it, whose pre-activations the threshold's gradient needs.
+            theta = self.log_threshold.exp()
+            band = (theta - cfg.bandwidth / 2).detach()
+            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, band, None)
+            z = JumpReLUCodes.apply(values, indices, theta, cfg.bandwidth)
+        x_hat = _ops.decode(z, indices, W_dec, self.b_dec)
+        err = xs - x_hat
+        recon = err.pow(2).sum(-1).mean() / self.d_in
+        loss = recon
+        metrics: Dict[str, float] = {}
+        if cfg.architecture == "relu":
+            norms = self.W_dec.norm(dim=1)
+            l1 = (z * norms[indices.clamp_min(0)] * (indices >= 0)).sum(-1).mean()
+            loss = loss + cfg.sparsity * l1 / self.d_in
+            metrics["l1"] = float(l1.detach())
+        elif cfg.architecture == "jumprelu":
+            l0_term = StepL0.apply(values, indices, theta, cfg.bandwidth) / B
+            loss = loss + cfg.sparsity * l0_term
+        active = (z != 0) & (indices >= 0)
+        dead = self.since_fired >= cfg.dead_after(total_steps * cfg.batch_size)
+        n_dead = int(dead.sum())
+        if cfg.architecture == "topk" and n_dead > 0 and cfg.auxk_coef > 0:
+            # AuxK (Gao et al. 2024): the dead latents' top-k_aux reconstruct what the live ones miss.
+            k_aux = min(self.d_in // 2, n_dead)
+            b_aux = torch.where(dead, self.b_enc, torch.full_like(self.b_enc, -math.inf))
+            v_aux, i_aux = _ops.encode_topk(xs, W_enc, b_aux, self.b_dec, k_aux, None)
+            e = err.detach()
+            e_hat = _ops.decode(v_aux, i_aux, W_dec, None)
+            denom = (e - e.mean(0)).pow(2).sum(-1).mean()
+            if float(denom) > 0:
+                aux = (e - e_hat).pow(2).sum(-1).mean() / denom
+                loss = loss + cfg.auxk_coef * aux
+                metrics["aux"] = float(aux.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.unit_decoder and self.W_dec.grad is not None:
+            with torch.no_grad():  # the component along each (unit) row would only change its norm
+                w, g = self.W_dec, self.W_dec.grad
+                g -= (g * w).sum(-1, keepdim=True) * w
+        lr = cfg.lr_at(self.step_count, total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        with torch.no_grad():
+            if cfg.unit_decoder:
+                self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            self._track(z.detach(), indices, active)
+        total_var = (xs - xs.mean(0)).pow(2).sum()
+        fvu = float(err.detach().pow(2).sum() / total_var) if float(total_var) > 0 else float("nan")
+        self.step_count += 1
+        self.tokens += B
+        metrics.update(step=self.step_count, tokens=self.tokens, loss=float(loss.detach()), mse=float(recon.detach()), fvu=fvu,
+                       l0=float(active.sum()) / B, dead=n_dead, lr=lr)
+        return metrics
+
+    def _track(self, z: Tensor, indices: Tensor, active: Tensor) -> None:
+        idx, vals = indices[active], z[active].float()
+        self.since_fired += z.shape[0]
+        self.since_fired[idx] = 0
+        self.fired.index_add_(0, idx, torch.ones_like(vals, dtype=torch.float64))
+        self.act_sum.index_add_(0, idx, vals.double())
+        self.act_max.scatter_reduce_(0, idx, vals, reduce="amax")
+
+    # ---- the loop --------------------------------------------------------------------------
+    def fit(self, data: Union[Tensor, Iterable[Tensor], TensorBatches, IterableBatches], steps: Optional[int] = None,
+            *, progress: bool = True, log_path: Optional[str] = None, checkpoint_dir: Optional[str] = None,
+            checkpoint_every: Optional[int] = None):
+        """Trains until ``steps`` optimizer steps have been taken in total (resumed runs continue
+        from ``step_count``). Returns the trained SAE (see ``sae()``)."""
+        cfg = self.cfg
+        if isinstance(data, Tensor):
+            data = TensorBatches(data, cfg.batch_size, cfg.seed)
+        elif not isinstance(data, (TensorBatches, IterableBatches)):
+            data = IterableBatches(data, cfg.batch_size)
+        if steps is None:
+            steps = cfg.steps
+        if steps is None:
+            if not isinstance(data, TensorBatches):
+                raise ValueError("steps: required when activations is an iterable (the lr schedule needs the total)")
+            steps = data.per_epoch
+        bar = None
+        if progress:
+            try:
+                from tqdm.auto import tqdm
+                bar = tqdm(total=steps, initial=self.step_count, desc=f"train {cfg.architecture} SAE", unit="step")
+            except ImportError:
+                bar = None
+        log = open(log_path, "a") if log_path else None
+        t0 = time.perf_counter()
+        try:
+            while self.step_count < steps:
+                batch = data.batch(self.step_count) if isinstance(data, TensorBatches) else data.next()
+                if batch is None:
+                    break
+                m = self.step(batch, steps)
+                if bar is not None:
+                    bar.update(1)
+                if self.step_count % cfg.log_every == 0 or self.step_count == steps:
+                    m["seconds"] = time.perf_counter() - t0
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{m['loss']:.4g}", L0=f"{m['l0']:.1f}", FVU=f"{m['fvu']:.3f}",
+                                        dead=m["dead"])
+                    if log is not None:
+                        log.write(json.dumps(m) + "\n")
+                        log.flush()
+                if checkpoint_dir and checkpoint_every and self.step_count % checkpoint_every == 0:
+                    self.save_checkpoint(checkpoint_dir)
+        finally:
+            if bar is not None:
+                bar.close()
+            if log is not None:
+                log.close()
+        if checkpoint_dir:
+            self.save_checkpoint(checkpoint_dir)
+        return self.sae()
+
+    # ---- results and checkpoints -----------------------------------------------------------
+    def sae(self):
+        """The current SAE, detached, with the input scale folded in (works on raw activations)."""
+        from ..sae import SAE
+        s = self.scale or 1.0
+        cfg = self.cfg
+        with torch.no_grad():
+            threshold = self.log_threshold.exp().clone() if self.log_threshold is not None else None
+            activation = {"topk": "topk", "relu": "relu", "jumprelu": "jumprelu"}[cfg.architecture]
+            dtype = torch.bfloat16 if cfg.weight_dtype == "bfloat16" else torch.float32
+            sae = SAE((self.W_enc_t * s).to(dtype).t(), self.b_enc.clone(), (self.W_dec / s).to(dtype), self.b_dec / s,
+                      activation=activation, k=cfg.k, threshold=threshold,
+                      metadata={"trained_by": "sae-native", "training_steps": self.step_count,
+                                "training_tokens": self.tokens, "input_scale": s})
+        n = max(self.tokens, 1)
+        sae.stats = FeatureStats(max=self.act_max.clone(),  # activations are unchanged by the folding
+                                 frequency=(self.fired / n).float(), mean=(self.act_sum / n).float(), n_tokens=self.tokens)
+        return sae
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"W_enc_t": self.W_enc_t.detach(), "b_enc": self.b_enc.detach(), "W_dec": self.W_dec.detach(),
+                "b_dec": self.b_dec.detach(),
+                "log_threshold": None if self.log_threshold is None else self.log_threshold.detach(),
+                "optimizer": self.optimizer.state_dict(), "scale": self.scale, "step": self.step_count,
+                "tokens": self.tokens, "since_fired": self.since_fired, "fired": self.fired,
+                "act_sum": self.act_sum, "act_max": self.act_max, "d_in": self.d_in}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name in ("W_enc_t", "b_enc", "W_dec", "b_dec"):
+                getattr(self, name).copy_(state[name])
+            if self.log_threshold is not None:
+                self.log_threshold.copy_(state["log_threshold"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scale, self.step_count, self.tokens = state["scale"], int(state["step"]), int(state["tokens"])
+        for name in ("since_fired", "fired", "act_sum", "act_max"):
+            setattr(self, name, state[name].to(self.device).clone())
+
+    def save_checkpoint(self, path: str) -> None:
+        """The SAE in SAELens format (with firing frequencies in sparsity.safetensors), plus
+        training_state.pt and training_config.json for resuming."""
+        os.makedirs(path, exist_ok=True)
+        self.sae().save(path)
+        torch.save(self.state_dict(), os.path.join(path, STATE_FILE))
+        with open(os.path.join(path, CONFIG_FILE), "w") as f:
+            json.dump(self.cfg.to_dict(), f, indent=1)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, *, device="cpu") -> "Trainer":
+        """A trainer that continues the run saved at ``path``."""
+        from ..formats._common import read_json, torch_load
+        cfg = TrainConfig(**read_json(os.path.join(path, CONFIG_FILE)))
+        state = torch_load(os.path.join(path, STATE_FILE))
+        trainer = cls(int(state["d_in"]), cfg, device=device)
+        trainer.load_state_dict(state)
+        return trainer
