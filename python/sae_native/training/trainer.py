@@ -171,9 +171,10 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------
     def fit(self, data: Union[Tensor, Iterable[Tensor], TensorBatches, IterableBatches], steps: Optional[int] = None,
             *, progress: bool = True, log_path: Optional[str] = None, checkpoint_dir: Optional[str] = None,
-            checkpoint_every: Optional[int] = None):
+            checkpoint_every: Optional[int] = None, until: Optional[int] = None):
         """Trains until ``steps`` optimizer steps have been taken in total (resumed runs continue
-        from ``step_count``). Returns the trained SAE (see ``sae()``)."""
+        from ``step_count``), or only until step ``until`` of that schedule (the run can be resumed
+        from its checkpoint later). Returns the trained SAE (see ``sae()``)."""
         cfg = self.cfg
         if isinstance(data, Tensor):
             data = TensorBatches(data, cfg.batch_size, cfg.seed)
@@ -194,8 +195,9 @@ class Trainer:
                 bar = None
         log = open(log_path, "a") if log_path else None
         t0 = time.perf_counter()
+        stop = steps if until is None else min(until, steps)
         try:
-            while self.step_count < steps:
+            while self.step_count < stop:
                 batch = data.batch(self.step_count) if isinstance(data, TensorBatches) else data.next()
                 if batch is None:
                     break

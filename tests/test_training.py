@@ -1,0 +1,202 @@
+"""Training: ground-truth recovery, the straight-through estimator, resume, data sources, evaluation."""
+import json
+
+import pytest
+import torch
+
+import sae_native as sn
+from sae_native.training.losses import JumpReLUCodes, StepL0
+
+
+def toy(n_feat=256, d=64, n=100_000, p_active=0.02, noise=0.01, seed=0):
+    """'Toy Models of Superposition' data: sparse non-negative features along random unit
+    directions in fewer dimensions, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_feat, d, generator=g)
+    dirs /= dirs.norm(dim=1, keepdim=True)
+    mags = torch.rand(n, n_feat, generator=g) * (torch.rand(n, n_feat, generator=g) < p_active)
+    return mags @ dirs + noise * torch.randn(n, d, generator=g), dirs
+
+
+def recovery(sae, dirs):
+    """Mean over true features of the best cosine similarity with a decoder row."""
+    W = sae.W_dec.float()
+    W = W / W.norm(dim=1, keepdim=True)
+    return float((dirs @ W.t()).max(dim=1).values.mean())
+
+
+@pytest.fixture(scope="module")
+def data():
+    return toy()
+
+
+@pytest.mark.parametrize("arch,kw", [("topk", dict(k=8)), ("relu", dict())])
+def test_ground_truth_recovery(data, arch, kw):
+    x, dirs = data
+    sae = sn.train(x, architecture=arch, d_sae=512, batch_size=1024, steps=600, progress=False, **kw)
+    assert recovery(sae, dirs) >= 0.9
+    metrics = sn.evaluate(sae, x[:20000])
+    assert metrics["fvu"] < 0.6 and metrics["l0"] < 30
+
+
+def test_jumprelu_trains_sparse_and_recovers(data):
+    x, dirs = data
+    sae = sn.train(x, architecture="jumprelu", d_sae=512, batch_size=1024, steps=400, progress=False)
+    m = sn.evaluate(sae, x[:20000])
+    assert sae.activation == "jumprelu" and m["fvu"] < 0.3 and m["l0"] < 150
+    assert recovery(sae, dirs) >= 0.85
+    assert float(sae.threshold.mean()) > 0.1  # the L0 penalty raised the thresholds from their 0.1 start
+
+
+def test_bf16_weights_option(data):
+    x, dirs = data
+    sae = sn.train(x, architecture="topk", d_sae=512, k=8, batch_size=1024, steps=300, progress=False,
+                   weight_dtype="bfloat16")
+    assert sae.W_enc.dtype == torch.bfloat16 and recovery(sae, dirs) >= 0.85
+
+
+def test_straight_through_estimator_matches_the_dense_formula():
+    g = torch.Generator().manual_seed(0)
+    pre = torch.rand(6, 5, generator=g, dtype=torch.float64) * 2
+    idx = torch.stack([torch.randperm(9, generator=g)[:5] for _ in range(6)])
+    idx[0, 4] = -1
+    theta = (torch.rand(9, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    eps = 0.3
+    pre_l = pre.clone().requires_grad_()
+    z = JumpReLUCodes.apply(pre_l, idx, theta, eps)
+    upstream = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    (z * upstream).sum().backward()
+    th = theta.detach()[idx.clamp_min(0)]
+    valid = idx >= 0
+    kernel = ((pre - th).abs() < eps / 2).double() * valid
+    want_theta = torch.zeros(9, dtype=torch.float64).index_add_(
+        0, idx.clamp_min(0).flatten(), (-(th / eps) * kernel * upstream).flatten())
+    torch.testing.assert_close(theta.grad, want_theta)
+    torch.testing.assert_close(pre_l.grad, upstream * ((pre > th) & valid))
+    torch.testing.assert_close(z.detach(), pre * ((pre > th) & valid))
+    theta.grad = None
+    l0 = StepL0.apply(pre, idx, theta, eps)
+    assert float(l0) == float(((pre > th) & valid).sum())
+    l0.backward()
+    want = torch.zeros(9, dtype=torch.float64).index_add_(0, idx.clamp_min(0).flatten(), (-kernel / eps).flatten())
+    torch.testing.assert_close(theta.grad, want)
+
+
+@pytest.mark.parametrize("arch,kw", [("topk", dict(k=4)), ("jumprelu", dict())])
+def test_checkpoint_resume_equals_uninterrupted(tmp_path, arch, kw):
+    x, _ = toy(n_feat=64, d=16, n=4096)
+    common = dict(architecture=arch, d_sae=48, batch_size=256, steps=24, progress=False, log_every=4, **kw)
+    straight = sn.train(x, **common)
+    trainer = sn.Trainer(16, sn.TrainConfig(**{k: v for k, v in common.items() if k != "progress"}))
+    trainer.fit(x, 24, until=12, progress=False, checkpoint_dir=str(tmp_path / "ck"))  # "interrupted" at 12
+    resumed = sn.train(x, resume=str(tmp_path / "ck"), **common)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        a, b = getattr(straight, name), getattr(resumed, name)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b), name
+    ck = sn.load(tmp_path / "ck")  # a checkpoint is a loadable SAELens folder
+    assert ck.d_sae == 48 and "log_feature_sparsity" in ck.metadata
+    assert json.load(open(tmp_path / "ck" / "training_config.json"))["architecture"] == arch
+
+
+def test_metrics_log_and_iterable_input(tmp_path):
+    x, _ = toy(n_feat=64, d=16, n=6000)
+    log = tmp_path / "m.jsonl"
+    chunks = (x[i:i + 700] for i in range(0, 6000, 700))
+    sae = sn.train(chunks, d_sae=32, k=4, batch_size=512, steps=10, progress=False, log_path=str(log), log_every=5)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10]
+    assert {"loss", "mse", "fvu", "l0", "dead", "lr", "tokens"} <= set(records[0])
+    assert sae.d_in == 16 and sae.stats.n_tokens == 5120
+
+
+def test_input_scale_is_folded_into_the_weights(data):
+    x, _ = data
+    big = 37.0 * x[:20000]
+    sae = sn.train(big, d_sae=256, k=8, batch_size=1024, steps=100, progress=False)
+    m = sn.evaluate(sae, big)
+    assert m["fvu"] < 0.5
+    torch.testing.assert_close(sae.encode(big[:5]).indices, sae.encode(big[:5]).indices)
+
+
+def test_config_and_argument_errors():
+    x = torch.randn(100, 8)
+    with pytest.raises(ValueError, match=r"k: a topk SAE needs an int in \[1, d_sae=16\]"):
+        sn.train(x, d_sae=16, progress=False)
+    with pytest.raises(ValueError, match="architecture: expected one of"):
+        sn.train(x, architecture="gated", d_sae=16, progress=False)
+    with pytest.raises(ValueError, match="l1: topk SAEs are sparse by construction"):
+        sn.train(x, d_sae=16, k=2, l1=1.0, progress=False)
+    with pytest.raises(TypeError, match="train: unknown option"):
+        sn.train(x, d_sae=16, k=2, momentum=0.9, progress=False)
+    with pytest.raises(ValueError, match="steps: required when activations is an iterable"):
+        sn.train(iter([x]), d_sae=16, k=2, progress=False)
+    with pytest.raises(ValueError, match=r"activations: expected a floating tensor \[N, d_in\]"):
+        sn.train(torch.ones(10, 4, dtype=torch.int64), d_sae=16, k=2, progress=False)
+    with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
+        sn.train(x, d_sae=16, k=2, batch_size=0, progress=False)
+
+
+def test_stream_activations_from_a_model():
+    from models import tiny_llama, tokens
+    model, site = tiny_llama()
+    batches = [tokens(batch=4, seq=9, seed=s) for s in range(5)]
+    mask = torch.ones(4, 9, dtype=torch.long)
+    mask[0, 6:] = 0
+    items = batches[:4] + [{"input_ids": batches[4], "attention_mask": mask}]
+    out = list(sn.stream_activations(model, site, items, batch_size=16, buffer_tokens=40, seed=0))
+    rows = torch.cat(out)
+    assert rows.shape == (4 * 4 * 8 + 4 * 8 - 3, 32)     # BOS positions and padding dropped
+    with torch.no_grad():
+        want = torch.cat([model(b, output_hidden_states=True).hidden_states[2][:, 1:].reshape(-1, 32)
+                          for b in batches[:4]])
+    # every streamed row is one of the site's activations (order is shuffled)
+    assert torch.cdist(rows[:10], want).min(dim=1).values.max() < 1e-4
+    sae = sn.train(sn.stream_activations(model, site, batches * 4, batch_size=32), d_sae=64, k=4, batch_size=32,
+                   steps=10, progress=False)
+    assert sae.d_in == 32
+
+
+def test_ce_loss_recovered_of_a_perfect_sae():
+    from models import tiny_llama, tokens
+    model, site = tiny_llama()
+    q, _ = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(3)))
+    W_dec = torch.cat([q, -q])           # +/- each direction: relu(qx) - relu(-qx) = qx, so x is rebuilt
+    perfect = sn.SAE(W_dec.t().contiguous(), torch.zeros(64), W_dec, torch.zeros(32), activation="relu")
+    out = sn.ce_loss_recovered(model, site, perfect, [tokens(seed=s) for s in range(2)])
+    assert abs(out["recovered"] - 1.0) < 1e-3 and out["zero"] > out["clean"]
+    noisy = sn.SAE(torch.randn(32, 64) / 6, torch.zeros(64), torch.randn(64, 32) / 6, torch.zeros(32), k=2)
+    assert sn.ce_loss_recovered(model, site, noisy, [tokens()])["recovered"] < 0.99
+
+
+def test_cli_train(tmp_path, capsys):
+    from sae_native.cli import main
+    x, _ = toy(n_feat=64, d=16, n=5000)
+    torch.save(x, tmp_path / "acts.pt")
+    assert main(["train", "--activations", str(tmp_path / "acts.pt"), "--d-sae", "48", "--k", "4", "--batch-size",
+                 "500", "--steps", "20", "--out", str(tmp_path / "out"), "--no-progress", "--log",
+                 str(tmp_path / "log.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert "FVU" in printed and "saved the SAE" in printed
+    sae = sn.load(tmp_path / "out")
+    assert (sae.d_in, sae.d_sae, sae.k) == (16, 48, 4)
+    for argv, msg in ((["--d-sae", "8", "--out", "o"], "give either --activations FILE or --model"),
+                      (["--activations", "nope.pt", "--d-sae", "8", "--k", "2", "--out", "o"], "no such file"),
+                      (["--activations", str(tmp_path / "acts.pt"), "--d-sae", "8", "--out", "o"], "k: a topk SAE"),
+                      (["--model", "smollm2", "--d-sae", "8", "--out", "o"], "--model needs --site and --texts")):
+        with pytest.raises(SystemExit) as e:
+            main(["train", *argv])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_cli_train_help_documents_every_option(capsys):
+    from sae_native.cli import main
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--activations", "--model", "--site", "--texts", "--architecture", "--d-sae", "--k", "--l1",
+                   "--steps", "--batch-size", "--lr", "--seed", "--warmup-steps", "--decay-from", "--auxk-coef",
+                   "--dead-tokens", "--normalize-decoder", "--bandwidth", "--init-threshold", "--weight-dtype",
+                   "--out", "--checkpoint-every", "--resume", "--log", "--log-every", "--device"):
+        assert option in text
