@@ -11,6 +11,7 @@ from . import backends  # noqa: F401  (registers their kernels)
 from . import functional
 from ._runtime import _init_threads, build_info, get_num_threads, set_num_threads
 from .codes import SparseCodes
+from .features import FeatureMatch, find_features
 from .formats import load
 from .hooks import attach, record, splice, steer
 from .sae import SAE
@@ -20,6 +21,6 @@ from .training import Trainer, TrainConfig, ce_loss_recovered, evaluate, stream_
 __version__ = build_info()["version"]
 __all__ = ["SAE", "SparseCodes", "functional", "build_info", "set_num_threads", "get_num_threads", "record",
            "splice", "steer", "attach", "feature_stats", "FeatureStats", "load", "train", "Trainer", "TrainConfig",
-           "evaluate", "ce_loss_recovered", "stream_activations", "__version__"]
+           "evaluate", "ce_loss_recovered", "stream_activations", "find_features", "FeatureMatch", "__version__"]
 
 _init_threads()

