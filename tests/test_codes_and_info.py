@@ -15,6 +15,19 @@ def test_build_info_names_the_kernel_variant():
     assert info["version"] == sn.__version__
 
 
+def test_cuda_module_is_built_wherever_nvcc_is():
+    # CI has nvcc: this is what makes a CUDA compile error fail CI instead of silently skipping.
+    import os
+    import shutil
+    if shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"):
+        pytest.skip("no nvcc on this machine")
+    if "SAE_NATIVE_CUDA=OFF" in os.environ.get("CMAKE_ARGS", ""):
+        pytest.skip("built with -DSAE_NATIVE_CUDA=OFF")
+    info = sn.build_info()
+    assert info["cuda_compiled"], "nvcc is installed but the CUDA module was not built"
+    assert info["cuda_archs"]
+
+
 def test_public_names():
     assert set(sn.__all__) >= {"SAE", "SparseCodes", "functional", "build_info", "set_num_threads"}
     for name in ("encode", "decode", "steer", "reconstruct"):

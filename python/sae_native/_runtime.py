@@ -77,7 +77,8 @@ def build_info() -> Dict[str, Any]:
     """What this installation was built with and what it chose at import.
 
     Keys: ``version``, ``cpu_isa`` (the kernel variant in use), ``cpu_isas_supported``,
-    ``cpu_features``, ``cuda_compiled``, ``cuda_archs``, ``num_threads``, ``thread_pool``
+    ``cpu_features``, ``cuda_compiled``, ``cuda_archs``, ``cuda_devices`` (GPUs the driver shows;
+    0 without a driver), ``num_threads``, ``thread_pool``
     ("openmp: <torch's runtime>" or "own"), ``compiler``, ``torch``, ``python``, ``machine``.
     """
     cuda = _cuda_module()
@@ -88,6 +89,7 @@ def build_info() -> Dict[str, Any]:
         "cpu_features": list(_C.cpu_features()),
         "cuda_compiled": cuda is not None,
         "cuda_archs": list(getattr(cuda, "ARCHS", [])) if cuda is not None else [],
+        "cuda_devices": int(cuda.device_count()) if cuda is not None else 0,
         "num_threads": get_num_threads(),
         "thread_pool": f"openmp: {_OPENMP_PATH}" if _C.using_openmp_runtime() else "own",
         "compiler": _C.COMPILER,

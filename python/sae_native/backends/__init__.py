@@ -10,8 +10,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .. import _runtime
 from . import cpu  # noqa: F401  (registers the CPU kernels)
 from .cpu_packing import pack as _pack_cpu
+
+CUDA_KERNELS = _runtime._cuda_module() is not None
+if CUDA_KERNELS:
+    from . import cuda  # noqa: F401  (registers the CUDA kernels)
 
 
 def _version(t: Tensor) -> int:
@@ -35,7 +40,13 @@ class PackedEncoder:
 
     def refresh(self) -> None:
         self._version = _version(self.W_enc)
-        self._packed = _pack_cpu(self.W_enc) if self.W_enc.device.type == "cpu" else None
+        if self.W_enc.device.type == "cpu":
+            self._packed = _pack_cpu(self.W_enc)
+        elif self.W_enc.device.type == "cuda":
+            # The CUDA kernels stream W_enc row-major; a transposed view is copied once, here.
+            self._packed = self.W_enc if self.W_enc.is_contiguous() else self.W_enc.contiguous()
+        else:
+            self._packed = None
 
     def get(self) -> Optional[Tensor]:
         """The packed tensor for the op's ``packed`` argument (None where the device packs nothing)."""

@@ -47,6 +47,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call: CUDA events around it on a GPU (the device's time, not the host's
+    launch overhead), the wall clock around a synchronised call elsewhere."""
+    _sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, device: torch.device,
                 warmup: int = 1, tick: Optional[Callable[[], None]] = None,
                 flush: Optional[Callable[[], None]] = None) -> Dict[str, List[float]]:
@@ -63,11 +79,7 @@ def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, device: torc
             name = names[(r + i) % len(names)]
             if flush is not None:
                 flush()
-            _sync(device)
-            t0 = time.perf_counter()
-            fns[name]()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(_timed(fns[name], device))
         if tick is not None:
             tick()
     return times

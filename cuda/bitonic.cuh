@@ -1,0 +1,43 @@
+// Bitonic sorts of candidate keys (common.cuh) in shared memory, descending: the codes' order.
+// The size is a power of two; unused slots hold key 0, which sorts last.
+#pragma once
+
+#include "common.cuh"
+
+namespace sae_cuda {
+
+// One compare-exchange pass for pair number i of a bitonic network over `size`-long runs.
+__device__ __forceinline__ void bitonic_pass(uint64_t* a, int i, int size, int stride) {
+  const int lo = 2 * i - (i & (stride - 1));  // the partner is lo + stride
+  const int hi = lo + stride;
+  const bool descending = (lo & size) == 0;   // the final run (size = n) is all descending
+  const uint64_t x = a[lo], y = a[hi];
+  if ((x < y) == descending) {
+    a[lo] = y;
+    a[hi] = x;
+  }
+}
+
+// Sorts a[0, N) with the 32 lanes of one warp (N a power of two, >= 2).
+template <int N> __device__ void warp_sort_desc(uint64_t* a, int lane) {
+  __syncwarp();
+#pragma unroll 1
+  for (int size = 2; size <= N; size <<= 1)
+#pragma unroll 1
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = lane; i < N / 2; i += 32) bitonic_pass(a, i, size, stride);
+      __syncwarp();
+    }
+}
+
+// Sorts a[0, n) with the whole block (n a power of two, >= 1).
+__device__ inline void block_sort_desc(uint64_t* a, int n) {
+  __syncthreads();
+  for (int size = 2; size <= n; size <<= 1)
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < n / 2; i += blockDim.x) bitonic_pass(a, i, size, stride);
+      __syncthreads();
+    }
+}
+
+}  // namespace sae_cuda

@@ -1,0 +1,191 @@
+// Gathers and scatters over code rows: decode (sum of weighted W_dec rows), and the two sparse
+// pieces of the backward passes, sparse_dot (g against gathered rows) and sparse_outer (weighted
+// rows of g scattered into a weight gradient, with atomics: not bitwise deterministic, like
+// torch's index_add_ on CUDA). Indices outside [-1, rows) are skipped and reported.
+#include <type_traits>
+
+#include "launch_util.cuh"
+
+namespace sae_cuda {
+namespace {
+
+constexpr unsigned kFull = 0xFFFFFFFFu;
+constexpr int kCodesPerRound = 128;  // codes of a row staged in shared memory at a time
+
+// acc[e] += v * W[e] for the V consecutive weights at p (16-byte aligned when V > 1) or, for V = 1,
+// the single weight at p.
+template <class T, class W, int V> __device__ __forceinline__ void fma_weights(T (&acc)[V], T v, const W* p) {
+  if constexpr (V == 1) {
+    acc[0] += v * widen<T>(*p);
+  } else if constexpr (std::is_same<W, float>::value) {
+    static_assert(V == 4, "float rows load as float4");
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    acc[0] += v * q.x; acc[1] += v * q.y; acc[2] += v * q.z; acc[3] += v * q.w;
+  } else if constexpr (std::is_same<W, double>::value) {
+    static_assert(V == 2, "double rows load as double2");
+    const double2 q = *reinterpret_cast<const double2*>(p);
+    acc[0] += v * q.x; acc[1] += v * q.y;
+  } else {
+    static_assert(V == 8, "16-bit rows load as 8 halves");
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const W* h = reinterpret_cast<const W*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] += v * widen<T>(h[e]);
+  }
+}
+
+// One block per row; thread t owns column vectors t, t + blockDim, ... (V columns each).
+// V > 1 needs unit column stride, 16-byte aligned rows and d_in % V == 0.
+template <class T, class W, int V>
+__global__ void decode_kernel(index_t k, const T* __restrict__ values, const int64_t* __restrict__ indices,
+                              const W* __restrict__ w, index_t d_sae, index_t d_in, index_t rs, index_t cs,
+                              const T* __restrict__ b_dec, T* __restrict__ out, unsigned long long* report) {
+  __shared__ T sv[kCodesPerRound];
+  __shared__ int64_t si[kCodesPerRound];
+  const index_t row = blockIdx.x;
+  const index_t nvec = (d_in + V - 1) / V;
+  for (index_t base = 0; base < nvec; base += blockDim.x) {
+    const index_t cv = base + threadIdx.x;
+    const bool mine = cv < nvec;
+    T acc[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[e] = (mine && b_dec != nullptr) ? b_dec[cv * V + e] : T(0);
+    for (index_t j0 = 0; j0 < k; j0 += kCodesPerRound) {
+      __syncthreads();
+      for (index_t j = threadIdx.x; j < kCodesPerRound && j0 + j < k; j += blockDim.x) {
+        int64_t idx = indices[row * k + j0 + j];
+        if (!index_ok(idx, d_sae, base == 0 ? report : nullptr)) idx = -1;  // report once per entry
+        si[j] = idx;
+        sv[j] = values[row * k + j0 + j];
+      }
+      __syncthreads();
+      if (!mine) continue;
+      const index_t round = min(index_t(kCodesPerRound), k - j0);
+      for (index_t j = 0; j < round; ++j) {
+        const int64_t idx = si[j];
+        if (idx < 0) continue;
+        fma_weights<T, W, V>(acc, sv[j], w + idx * rs + (V == 1 ? cv * cs : cv * V));
+      }
+    }
+    if (mine) {
+#pragma unroll
+      for (int e = 0; e < V; ++e) out[row * d_in + cv * V + e] = acc[e];
+    }
+  }
+}
+
+// One warp per (row, code) pair.
+template <class T, class W>
+__global__ void sparse_dot_kernel(index_t pairs, index_t k, const T* __restrict__ g,
+                                  const int64_t* __restrict__ indices, const W* __restrict__ w, index_t rows,
+                                  index_t d, index_t rs, index_t cs, T* __restrict__ out,
+                                  unsigned long long* report) {
+  const int lane = threadIdx.x % 32;
+  const index_t warps = index_t(gridDim.x) * blockDim.x / 32;
+  for (index_t p = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; p < pairs; p += warps) {
+    const int64_t idx = indices[p];
+    T acc = 0;
+    if (index_ok(idx, rows, lane == 0 ? report : nullptr) && idx >= 0) {
+      const T* gr = g + (p / k) * d;
+      const W* wr = w + idx * rs;
+      for (index_t c = lane; c < d; c += 32) acc += gr[c] * widen<T>(wr[c * cs]);
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(kFull, acc, o);
+    if (lane == 0) out[p] = acc;
+  }
+}
+
+// One block per (row, code) pair: out[idx] += value * g[row] along the row (or column, by strides).
+template <class T>
+__global__ void sparse_outer_kernel(index_t pairs, index_t k, const T* __restrict__ values,
+                                    const int64_t* __restrict__ indices, const T* __restrict__ g, index_t d,
+                                    T* __restrict__ out, index_t rows, index_t rs, index_t cs,
+                                    unsigned long long* report) {
+  for (index_t p = blockIdx.x; p < pairs; p += gridDim.x) {
+    const int64_t idx = indices[p];
+    if (!index_ok(idx, rows, threadIdx.x == 0 ? report : nullptr) || idx < 0) continue;
+    const T v = values[p];
+    const T* gr = g + (p / k) * d;
+    for (index_t c = threadIdx.x; c < d; c += blockDim.x) atomicAdd(out + idx * rs + c * cs, v * gr[c]);
+  }
+}
+
+// Calls f(T{}, W{}) for the supported pairs, as the CPU module does.
+template <class F> void dispatch(int t_dtype, int w_dtype, const char* op, F&& f) {
+  const DType t = DType(t_dtype), wd = DType(w_dtype);
+  if (t == DType::f32 && wd == DType::f32) return f(float{}, float{});
+  if (t == DType::f32 && wd == DType::bf16) return f(float{}, __nv_bfloat16{});
+  if (t == DType::f32 && wd == DType::f16) return f(float{}, __half{});
+  if (t == DType::f64 && wd == DType::f64) return f(double{}, double{});
+  throw std::invalid_argument(std::string("sae_native._cuda.") + op + ": unsupported dtype pair");
+}
+
+template <class T, class W, int V>
+void launch_decode(index_t n, index_t k, const void* values, const int64_t* indices, const void* w, index_t d_sae,
+                   index_t d_in, index_t rs, index_t cs, const void* b_dec, void* out, unsigned long long* report,
+                   cudaStream_t stream) {
+  const index_t nvec = (d_in + V - 1) / V;
+  const int threads = int(std::min<index_t>(256, std::max<index_t>(32, (nvec + 31) / 32 * 32)));
+  decode_kernel<T, W, V><<<blocks_for(n, 1, 0x7FFFFFFF), threads, 0, stream>>>(
+      k, static_cast<const T*>(values), indices, static_cast<const W*>(w), d_sae, d_in, rs, cs,
+      static_cast<const T*>(b_dec), static_cast<T*>(out), report);
+  check_launch("decode");
+}
+
+}  // namespace
+
+void decode(int t_dtype, int w_dtype, index_t n, index_t k, const void* values, const int64_t* indices,
+            const void* w, index_t d_sae, index_t d_in, index_t row_stride, index_t col_stride, const void* b_dec,
+            void* out, unsigned long long* report, void* stream) {
+  if (n <= 0 || d_in <= 0) return;
+  dispatch(t_dtype, w_dtype, "decode", [&](auto t, auto wt) {
+    using T = decltype(t);
+    using W = decltype(wt);
+    constexpr int V = int(16 / sizeof(W));
+    const bool vec = col_stride == 1 && d_in % V == 0 && (row_stride * index_t(sizeof(W))) % 16 == 0 &&
+                     reinterpret_cast<uintptr_t>(w) % 16 == 0;
+    if (vec)
+      launch_decode<T, W, V>(n, k, values, indices, w, d_sae, d_in, row_stride, col_stride, b_dec, out, report,
+                             as_stream(stream));
+    else
+      launch_decode<T, W, 1>(n, k, values, indices, w, d_sae, d_in, row_stride, col_stride, b_dec, out, report,
+                             as_stream(stream));
+  });
+}
+
+void sparse_dot(int t_dtype, int w_dtype, index_t n, index_t k, const void* g, const int64_t* indices,
+                const void* w, index_t rows, index_t d, index_t row_stride, index_t col_stride, void* out,
+                unsigned long long* report, void* stream) {
+  const index_t pairs = n * k;
+  if (pairs <= 0) return;
+  dispatch(t_dtype, w_dtype, "sparse_dot", [&](auto t, auto wt) {
+    using T = decltype(t);
+    using W = decltype(wt);
+    sparse_dot_kernel<T, W><<<blocks_for(pairs, 8, 1 << 20), 256, 0, as_stream(stream)>>>(
+        pairs, k, static_cast<const T*>(g), indices, static_cast<const W*>(w), rows, d, row_stride, col_stride,
+        static_cast<T*>(out), report);
+    check_launch("sparse_dot");
+  });
+}
+
+void sparse_outer(int t_dtype, index_t n, index_t k, const void* values, const int64_t* indices, const void* g,
+                  index_t d, void* out, index_t rows, index_t row_stride, index_t col_stride,
+                  unsigned long long* report, void* stream) {
+  const index_t pairs = n * k;
+  if (pairs <= 0 || d <= 0) return;
+  const int threads = int(std::min<index_t>(256, std::max<index_t>(32, (d + 31) / 32 * 32)));
+  const unsigned blocks = blocks_for(pairs, 1, 1 << 20);
+  if (DType(t_dtype) == DType::f32)
+    sparse_outer_kernel<float><<<blocks, threads, 0, as_stream(stream)>>>(
+        pairs, k, static_cast<const float*>(values), indices, static_cast<const float*>(g), d,
+        static_cast<float*>(out), rows, row_stride, col_stride, report);
+  else if (DType(t_dtype) == DType::f64)
+    sparse_outer_kernel<double><<<blocks, threads, 0, as_stream(stream)>>>(
+        pairs, k, static_cast<const double*>(values), indices, static_cast<const double*>(g), d,
+        static_cast<double*>(out), rows, row_stride, col_stride, report);
+  else
+    throw std::invalid_argument("sae_native._cuda.sparse_outer: values must be float32 or float64");
+  check_launch("sparse_outer");
+}
+
+}  // namespace sae_cuda

@@ -1,0 +1,157 @@
+// Steering (clamped reconstruction), DESIGN.md's formula: y = base + sum_f delta_f * W_dec[f], with
+// delta_f from the clamp mode (set: c - z, scale: (c - 1) z, add: c; 0 where only_active and
+// z <= 0). One block per row; the clamped features' W rows come gathered ([count, d], small).
+//   steer_codes:     z_f is the row's code value for latent f (0 if absent); base is x
+//                    (keep_error) or the decoded codes (written into y beforehand by decode).
+//   steer_threshold: z_f = relu(pre_f) * (pre_f > threshold_f) from column f of W_enc alone,
+//                    O(count * d) per row whatever d_sae is; base is x.
+#include "launch_util.cuh"
+
+namespace sae_cuda {
+namespace {
+
+constexpr unsigned kFull = 0xFFFFFFFFu;
+constexpr int kFeaturesPerRound = 1024;  // clamped features whose deltas sit in shared memory at once
+constexpr int kThreads = 256;
+
+template <class T> __device__ __forceinline__ T clamp_delta(T z, T c, int mode, bool only_active) {
+  if (only_active && !(z > T(0))) return T(0);
+  switch (mode) {
+    case 0: return c - z;           // set
+    case 1: return (c - T(1)) * z;  // scale
+    case 2: return c;               // add
+  }
+  return T(0);
+}
+
+// y[row] = (first round ? base[row] : y[row]) + sum over this round's features of delta * W row.
+// Deltas of exactly 0 add nothing (so a 0 * inf in W cannot turn y into NaN), as on the CPU.
+template <class T>
+__device__ void add_deltas(index_t row, index_t d, const T* base, const T* rows, const T* delta, int round_count,
+                           bool first, T* y) {
+  for (index_t i = threadIdx.x; i < d; i += blockDim.x) {
+    T acc = first ? base[row * d + i] : y[row * d + i];
+    for (int c = 0; c < round_count; ++c) {
+      const T dl = delta[c];
+      if (dl != T(0)) acc += dl * rows[c * d + i];
+    }
+    y[row * d + i] = acc;
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+steer_codes_kernel(index_t d, index_t k, const T* base, const T* __restrict__ values,
+                   const int64_t* __restrict__ indices, index_t d_sae, index_t count,
+                   const int64_t* __restrict__ features, const T* __restrict__ targets,
+                   const T* __restrict__ dec_rows, int mode, bool only_active, T* y, T* __restrict__ z,
+                   unsigned long long* report) {
+  __shared__ T delta[kFeaturesPerRound];
+  __shared__ int first_pos[kFeaturesPerRound];
+  const index_t row = blockIdx.x;
+  const T* vr = values + row * k;
+  const int64_t* ir = indices + row * k;
+  if (report != nullptr)
+    for (index_t j = threadIdx.x; j < k; j += blockDim.x) index_ok(ir[j], d_sae, report);
+  if (count == 0 && base != y) add_deltas<T>(row, d, base, dec_rows, delta, 0, true, y);
+  for (index_t c0 = 0; c0 < count; c0 += kFeaturesPerRound) {
+    const int cn = int(min(index_t(kFeaturesPerRound), count - c0));
+    __syncthreads();
+    for (int c = threadIdx.x; c < cn; c += blockDim.x) first_pos[c] = 0x7FFFFFFF;
+    __syncthreads();
+    // The first position holding each feature (a well-formed row holds it at most once).
+    for (index_t p = threadIdx.x; p < k * cn; p += blockDim.x) {
+      const index_t j = p % k;
+      const int c = int(p / k);
+      if (ir[j] == features[c0 + c]) atomicMin(&first_pos[c], int(j));
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < cn; c += blockDim.x) {
+      const T zf = first_pos[c] == 0x7FFFFFFF ? T(0) : vr[first_pos[c]];
+      z[row * count + c0 + c] = zf;
+      delta[c] = clamp_delta(zf, targets[c0 + c], mode, only_active);
+    }
+    __syncthreads();
+    add_deltas<T>(row, d, base, dec_rows + c0 * d, delta, cn, c0 == 0, y);
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+steer_threshold_kernel(index_t d, const T* __restrict__ x, const T* __restrict__ b_dec, index_t count,
+                       const T* __restrict__ enc_cols, const T* __restrict__ b_enc_f,
+                       const T* __restrict__ threshold_f, const T* __restrict__ dec_rows,
+                       const T* __restrict__ targets, int mode, bool only_active, T* __restrict__ y,
+                       T* __restrict__ z) {
+  __shared__ T delta[kFeaturesPerRound];
+  const index_t row = blockIdx.x;
+  const T* xr = x + row * d;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  if (count == 0) add_deltas<T>(row, d, x, dec_rows, delta, 0, true, y);
+  for (index_t c0 = 0; c0 < count; c0 += kFeaturesPerRound) {
+    const int cn = int(min(index_t(kFeaturesPerRound), count - c0));
+    __syncthreads();
+    for (int c = warp; c < cn; c += warps) {  // a warp per feature: pre_f = (x - b_dec) . W_enc[:, f]
+      const T* we = enc_cols + (c0 + c) * d;
+      T pre = 0;
+      for (index_t i = lane; i < d; i += 32) pre += (b_dec != nullptr ? xr[i] - b_dec[i] : xr[i]) * we[i];
+      for (int o = 16; o > 0; o >>= 1) pre += __shfl_down_sync(kFull, pre, o);
+      if (lane == 0) {
+        pre += b_enc_f[c0 + c];
+        const T t = threshold_f != nullptr ? threshold_f[c0 + c] : T(0);
+        const T zf = pre != pre ? pre : ((pre > t && pre > T(0)) ? pre : T(0));  // NaN kept, as encode
+        z[row * count + c0 + c] = zf;
+        delta[c] = clamp_delta(zf, targets[c0 + c], mode, only_active);
+      }
+    }
+    __syncthreads();
+    add_deltas<T>(row, d, x, dec_rows + c0 * d, delta, cn, c0 == 0, y);
+  }
+}
+
+}  // namespace
+
+void steer_codes(int t_dtype, index_t n, index_t d, index_t k, const void* base, const void* values,
+                 const int64_t* indices, index_t d_sae, index_t count, const int64_t* features, const void* targets,
+                 const void* dec_rows, int mode, bool only_active, void* y, void* z, unsigned long long* report,
+                 void* stream) {
+  if (n <= 0) return;
+  const unsigned blocks = blocks_for(n, 1, 0x7FFFFFFF);
+  if (DType(t_dtype) == DType::f32)
+    steer_codes_kernel<float><<<blocks, kThreads, 0, as_stream(stream)>>>(
+        d, k, static_cast<const float*>(base), static_cast<const float*>(values), indices, d_sae, count, features,
+        static_cast<const float*>(targets), static_cast<const float*>(dec_rows), mode, only_active,
+        static_cast<float*>(y), static_cast<float*>(z), report);
+  else if (DType(t_dtype) == DType::f64)
+    steer_codes_kernel<double><<<blocks, kThreads, 0, as_stream(stream)>>>(
+        d, k, static_cast<const double*>(base), static_cast<const double*>(values), indices, d_sae, count, features,
+        static_cast<const double*>(targets), static_cast<const double*>(dec_rows), mode, only_active,
+        static_cast<double*>(y), static_cast<double*>(z), report);
+  else
+    throw std::invalid_argument("sae_native._cuda.steer_codes: activations must be float32 or float64");
+  check_launch("steer_codes");
+}
+
+void steer_threshold(int t_dtype, index_t n, index_t d, const void* x, const void* b_dec, index_t count,
+                     const void* enc_cols, const void* b_enc_f, const void* threshold_f, const void* dec_rows,
+                     const void* targets, int mode, bool only_active, void* y, void* z, void* stream) {
+  if (n <= 0) return;
+  const unsigned blocks = blocks_for(n, 1, 0x7FFFFFFF);
+  if (DType(t_dtype) == DType::f32)
+    steer_threshold_kernel<float><<<blocks, kThreads, 0, as_stream(stream)>>>(
+        d, static_cast<const float*>(x), static_cast<const float*>(b_dec), count,
+        static_cast<const float*>(enc_cols), static_cast<const float*>(b_enc_f),
+        static_cast<const float*>(threshold_f), static_cast<const float*>(dec_rows),
+        static_cast<const float*>(targets), mode, only_active, static_cast<float*>(y), static_cast<float*>(z));
+  else if (DType(t_dtype) == DType::f64)
+    steer_threshold_kernel<double><<<blocks, kThreads, 0, as_stream(stream)>>>(
+        d, static_cast<const double*>(x), static_cast<const double*>(b_dec), count,
+        static_cast<const double*>(enc_cols), static_cast<const double*>(b_enc_f),
+        static_cast<const double*>(threshold_f), static_cast<const double*>(dec_rows),
+        static_cast<const double*>(targets), mode, only_active, static_cast<double*>(y), static_cast<double*>(z));
+  else
+    throw std::invalid_argument("sae_native._cuda.steer_threshold: activations must be float32 or float64");
+  check_launch("steer_threshold");
+}
+
+}  // namespace sae_cuda

@@ -1,0 +1,189 @@
+"""The CUDA backend's host side, on any machine where the module was built (nvcc present): the
+candidate-key encoding the kernels sort by, the torch pieces (key sort fallback, dense encodes),
+the launch planning, the launchers' own argument guards, and the op registration. The kernels
+themselves run in tests/test_cuda.py, on a GPU."""
+import math
+import random
+import struct
+
+import pytest
+import torch
+
+import sae_native as sn
+from helpers import check_groupmax_codes, check_threshold_codes, check_topk_codes, make_pair, randn
+
+_cuda = pytest.importorskip("sae_native._cuda", reason="built without nvcc: no CUDA module")
+
+from sae_native.backends import cuda_dense, cuda_keys, cuda_plan  # noqa: E402
+
+def f32(v: float) -> float:
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+SPECIALS = [f32(v) for v in (0.0, -0.0, 1.0, -1.0, 1e-45, -1e-45, 3.4e38, -3.4e38, math.inf, -math.inf, math.nan,
+                             2.5, 2.5, -7.0)]
+
+
+def expected_order(entries):
+    """(value, latent) sorted as codes are: value descending, NaN first, -0 == +0, latent ascending."""
+    def key(e):
+        v, j = e
+        return (0 if math.isnan(v) else 1, -v if not math.isnan(v) else 0.0, j)
+    return sorted(entries, key=key)
+
+
+def canon(entries):
+    """(value, latent) pairs comparable with ==: NaN as a marker, -0 as 0."""
+    return [("nan" if math.isnan(v) else (0.0 if v == 0 else v), j) for v, j in entries]
+
+
+def as_int64(key: int) -> int:
+    return key - 2 ** 64 if key >= 2 ** 63 else key
+
+
+def test_module_constants_match_the_planner():
+    assert (_cuda.TILE_M, _cuda.TILE_N) == (cuda_plan.TILE_M, cuda_plan.TILE_N)
+    assert tuple(_cuda.CAPS) == cuda_plan.CAPS and _cuda.SORT_MAX == cuda_plan.SORT_MAX
+    info = sn.build_info()
+    assert info["cuda_compiled"] and info["cuda_archs"] == list(_cuda.ARCHS)
+    assert isinstance(info["cuda_devices"], int) and info["cuda_devices"] >= 0
+    assert any(a.startswith("80") for a in info["cuda_archs"]), "the default build targets sm_80"
+
+
+def test_cuda_kernels_are_registered_for_every_op():
+    for op in ("encode_topk", "encode_groupmax", "encode_threshold", "decode", "steer_threshold", "steer_codes",
+               "sparse_dot", "sparse_outer"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sae_native::{op}", "CUDA"), op
+
+
+def test_candidate_keys_order_like_codes_and_round_trip():
+    rng = random.Random(0)
+    values = SPECIALS + [f32(rng.uniform(-10, 10)) for _ in range(200)]
+    entries = [(v, rng.randrange(0, 2 ** 31)) for v in values] + [(2.5, 0), (2.5, 2 ** 31 - 1), (math.nan, 5)]
+    keys = {(_cuda.candidate_key(v, j)): (v, j) for v, j in entries}
+    by_key = [keys[k] for k in sorted(keys, reverse=True)]
+    want = expected_order(list(keys.values()))
+    assert canon(by_key) == canon(want)
+    for k, (v, j) in keys.items():
+        assert k != 0 and _cuda.candidate_latent(k) == j
+        back = _cuda.candidate_value(k)
+        assert (math.isnan(back) and math.isnan(v)) or back == v
+
+
+def test_key_sort_fallback_matches_the_expected_order():
+    rng = random.Random(1)
+    n, m, width = 6, 40, 40
+    rows, valid = [], []
+    expect = []
+    for r in range(n):
+        count = [0, 1, 7, 40, 23, 40][r]
+        entries = [(f32(rng.choice(SPECIALS + [rng.uniform(-3, 3)])), j) for j in rng.sample(range(10 ** 6), count)]
+        keys = [as_int64(_cuda.candidate_key(v, j)) for v, j in entries]
+        rows.append(keys + [rng.randrange(-2 ** 63, 2 ** 63) for _ in range(m - count)])  # garbage past count
+        valid.append(count)
+        expect.append(expected_order(entries))
+    values, latents = cuda_keys.sort_keys(torch.tensor(rows), torch.tensor(valid), width)
+    assert values.dtype == torch.float32 and latents.dtype == torch.int64 and values.shape == (n, width)
+    for r in range(n):
+        got = list(zip(values[r].tolist(), latents[r].tolist()))
+        assert canon(got) == canon(expect[r] + [(0.0, -1)] * (width - valid[r]))
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 8192])
+@pytest.mark.parametrize("d_sae", [1, 127, 128, 129, 24576, 65536, 1 << 20])
+@pytest.mark.parametrize("k", [1, 32, 33, 64, 97, 192, 224, 225, 512])
+def test_topk_plan_covers_every_latent_within_the_kernel_limits(n, d_sae, k):
+    plan = cuda_plan.topk_plan(n, d_sae, k, sm_count=132)
+    if k > min(d_sae, cuda_plan.MAX_FUSED_K):
+        assert plan is None
+        return
+    g = plan.grid
+    assert g.chunk_latents % cuda_plan.TILE_N == 0 and 1 <= g.chunks <= 65535
+    assert g.chunks * g.chunk_latents >= d_sae > (g.chunks - 1) * g.chunk_latents  # none empty, all covered
+    assert plan.cap in cuda_plan.CAPS and plan.cap >= k + 32
+    assert plan.candidates == g.chunks * k <= plan.sort_size <= cuda_plan.SORT_MAX
+    assert plan.sort_size & (plan.sort_size - 1) == 0
+
+
+@pytest.mark.parametrize("n", [1, 64, 4096])
+def test_threshold_grid_and_cap(n):
+    for d_sae in (1, 129, 65536):
+        g = cuda_plan.threshold_grid(n, d_sae, 108)
+        assert g.chunks * g.chunk_latents >= d_sae > (g.chunks - 1) * g.chunk_latents
+        assert 1 <= cuda_plan.threshold_cap(d_sae) <= d_sae
+
+
+def test_fused_topk_fits_an_a100s_shared_memory():
+    # sm_80 allows 163 KiB of dynamic shared memory per block (H100: 227 KiB).
+    for cap in cuda_plan.CAPS:
+        for bits in (16, 32):
+            assert cuda_plan.smem_topk_bytes(cap, bits) <= 163 * 1024
+
+
+def test_launchers_reject_bad_arguments_before_touching_the_gpu():
+    with pytest.raises(ValueError, match="power of two"):
+        _cuda.sort_rows(1, 0, 3, 3, 0, 3, 1, True, 0, 0, 0)
+    with pytest.raises(ValueError, match="cap - 32"):
+        _cuda.encode_topk(0, 1, 8, 256, 0, 0, 0, 40, 64, 256, 1, 0, False, 0)
+    with pytest.raises(ValueError, match="chunking"):
+        _cuda.encode_topk(0, 1, 8, 256, 0, 0, 0, 8, 64, 100, 1, 0, False, 0)
+    with pytest.raises(ValueError, match="weights must be"):
+        _cuda.encode_topk(1, 1, 8, 256, 0, 0, 0, 8, 64, 256, 1, 0, False, 0)
+    with pytest.raises(ValueError, match="unsupported dtype pair"):
+        _cuda.decode(1, 0, 1, 1, 0, 0, 0, 4, 4, 4, 1, 0, 0, 0, 0)
+    # Empty work launches nothing.
+    _cuda.encode_topk(0, 0, 8, 256, 0, 0, 0, 8, 64, 256, 1, 0, False, 0)
+    _cuda.decode(0, 0, 0, 3, 0, 0, 0, 4, 4, 4, 1, 0, 0, 0, 0)
+
+
+# ---- the torch encodes the CUDA backend falls back to, checked on the CPU --------------------
+
+def _u(sae, x):
+    return x - sae.b_dec
+
+
+@pytest.mark.parametrize("d_sae, k", [(13, 13), (300, 7), (600, 250)])
+def test_dense_topk_matches_reference(d_sae, k):
+    sae, ref = make_pair(17, d_sae, "topk", k, seed=d_sae)
+    x = randn(37, 17, seed=k)
+    values, indices = cuda_dense.encode_topk(_u(sae, x), sae.W_enc, sae.b_enc, k)
+    check_topk_codes(sn.SparseCodes(values, indices, d_sae), ref, x)
+
+
+def test_dense_topk_ties_and_nan_follow_the_contract():
+    W = torch.zeros(2, 6)
+    values, indices = cuda_dense.encode_topk(torch.tensor([[1.0, 1.0], [math.nan, 0.0]]), W,
+                                             torch.tensor([0.0, 1.0, 1.0, -1.0, 1.0, 0.0]), 3)
+    assert indices[0].tolist() == [1, 2, 4] and values[0].tolist() == [1.0, 1.0, 1.0]
+    assert indices[1].tolist() == [0, 1, 2] and all(math.isnan(v) for v in values[1].tolist())
+
+
+@pytest.mark.parametrize("activation", ["jumprelu", "relu"])
+def test_dense_threshold_matches_reference(activation):
+    sae, ref = make_pair(19, 257, activation, seed=4)
+    x = randn(41, 19, seed=2)
+    values, indices, counts = cuda_dense.encode_threshold(_u(sae, x), sae.W_enc, sae.b_enc, sae.threshold)
+    check_threshold_codes(sn.SparseCodes(values, indices, 257, counts), ref, x)
+    empty = cuda_dense.encode_threshold(_u(sae, x[:0]), sae.W_enc, sae.b_enc, sae.threshold)
+    assert empty[0].shape == (0, 0) and empty[2].shape == (0,)
+
+
+def test_dense_groupmax_matches_reference():
+    sae, ref = make_pair(23, 120, "groupmax", 8, seed=3)
+    x = randn(29, 23, seed=5)
+    values, indices = cuda_dense.encode_groupmax(_u(sae, x), sae.W_enc, sae.b_enc, 8)
+    check_groupmax_codes(sn.SparseCodes(values, indices, 120), ref, x)
+
+
+def test_dense_paths_bound_their_memory(monkeypatch):
+    # Row blocks: the pre-activations of at most _BUDGET elements exist at once; results agree.
+    sae, ref = make_pair(9, 100, "topk", 5, seed=8)
+    x = randn(50, 9, seed=1)
+    whole = cuda_dense.encode_topk(_u(sae, x), sae.W_enc, sae.b_enc, 5)
+    monkeypatch.setattr(cuda_dense, "_BUDGET", 300)        # 3 rows at a time
+    monkeypatch.setattr(cuda_dense, "_LATENT_BLOCK", 7)     # and W_enc widened 7 columns at a time
+    blocked = cuda_dense.encode_topk(_u(sae, x), sae.W_enc, sae.b_enc, 5)
+    assert torch.equal(whole[1], blocked[1]) and torch.allclose(whole[0], blocked[0])
+    sae_t, ref_t = make_pair(9, 100, "relu", seed=8)
+    v, i, c = cuda_dense.encode_threshold(_u(sae_t, x), sae_t.W_enc, sae_t.b_enc, None)
+    check_threshold_codes(sn.SparseCodes(v, i, 100, c), ref_t, x)
