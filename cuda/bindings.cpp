@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -160,4 +161,13 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("candidate_key", [](float value, uint32_t latent) { return candidate_key(value, latent); });
   m.def("candidate_value", [](uint64_t key) { return candidate_value(key); });
   m.def("candidate_latent", [](uint64_t key) { return candidate_latent(key); });
+  // The bitonic network the kernels run, pass by pass on the host (n a power of two).
+  m.def("bitonic_sort_desc", [](std::vector<uint64_t> a) {
+    const int n = int(a.size());
+    if (n == 0 || (n & (n - 1)) != 0) throw std::invalid_argument("bitonic_sort_desc: size must be a power of two");
+    for (int size = 2; size <= n; size <<= 1)
+      for (int stride = size >> 1; stride > 0; stride >>= 1)
+        for (int i = 0; i < n / 2; ++i) bitonic_pass(a.data(), i, size, stride);
+    return a;
+  });
 }

@@ -1,22 +1,11 @@
-// Bitonic sorts of candidate keys (common.cuh) in shared memory, descending: the codes' order.
-// The size is a power of two; unused slots hold key 0, which sorts last.
+// Bitonic sorts of candidate keys (keys.h) in shared memory, descending: the codes' order. The
+// size is a power of two; unused slots hold key 0, which sorts last. The passes' pairs are
+// disjoint, so the threads of a pass need no ordering among themselves, only a barrier after it.
 #pragma once
 
 #include "common.cuh"
 
 namespace sae_cuda {
-
-// One compare-exchange pass for pair number i of a bitonic network over `size`-long runs.
-__device__ __forceinline__ void bitonic_pass(uint64_t* a, int i, int size, int stride) {
-  const int lo = 2 * i - (i & (stride - 1));  // the partner is lo + stride
-  const int hi = lo + stride;
-  const bool descending = (lo & size) == 0;   // the final run (size = n) is all descending
-  const uint64_t x = a[lo], y = a[hi];
-  if ((x < y) == descending) {
-    a[lo] = y;
-    a[hi] = x;
-  }
-}
 
 // Sorts a[0, N) with the 32 lanes of one warp (N a power of two, >= 2).
 template <int N> __device__ void warp_sort_desc(uint64_t* a, int lane) {

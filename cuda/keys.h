@@ -4,6 +4,7 @@
 //   high 32 bits: the float's bits mapped to an order-preserving unsigned key
 //   low 32 bits:  0xFFFFFFFF - latent
 // Key 0 never names a latent (it would need latent 2^32 - 1), so it marks an empty slot.
+// Sorting keys is a bitonic network of the compare-exchanges below.
 #pragma once
 
 #include <cstdint>
@@ -53,5 +54,19 @@ SAE_HD uint64_t candidate_key(float value, uint32_t latent) {
 }
 SAE_HD float candidate_value(uint64_t key) { return float_from_order_key(uint32_t(key >> 32)); }
 SAE_HD int64_t candidate_latent(uint64_t key) { return int64_t(0xFFFFFFFFu - uint32_t(key & 0xFFFFFFFFu)); }
+
+// One compare-exchange of a bitonic network over a[0, n) sorting descending: pair number i of the
+// pass with run length `size` and partner distance `stride` (bitonic.cuh runs the passes; the
+// host copy lets the CPU tests check the network).
+SAE_HD void bitonic_pass(uint64_t* a, int i, int size, int stride) {
+  const int lo = 2 * i - (i & (stride - 1));  // the partner is lo + stride
+  const int hi = lo + stride;
+  const bool descending = (lo & size) == 0;   // the final run (size = n) is all descending
+  const uint64_t x = a[lo], y = a[hi];
+  if ((x < y) == descending) {
+    a[lo] = y;
+    a[hi] = x;
+  }
+}
 
 }  // namespace sae_cuda

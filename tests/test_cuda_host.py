@@ -187,3 +187,15 @@ def test_dense_paths_bound_their_memory(monkeypatch):
     sae_t, ref_t = make_pair(9, 100, "relu", seed=8)
     v, i, c = cuda_dense.encode_threshold(_u(sae_t, x), sae_t.W_enc, sae_t.b_enc, None)
     check_threshold_codes(sn.SparseCodes(v, i, 100, c), ref_t, x)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 64, 128, 256, 1024, 8192])
+def test_bitonic_network_sorts_descending(n):
+    rng = random.Random(n)
+    for trial in range(3):
+        keys = [rng.randrange(0, 2 ** 64) for _ in range(n)]
+        if trial == 1:
+            keys = [rng.choice([0, 5, 2 ** 63, 2 ** 64 - 1]) for _ in range(n)]   # many equal keys
+        assert _cuda.bitonic_sort_desc(keys) == sorted(keys, reverse=True)
+    with pytest.raises(ValueError, match="power of two"):
+        _cuda.bitonic_sort_desc([1, 2, 3])
