@@ -63,6 +63,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.attr("CAPS") = std::vector<int>(std::begin(kCaps), std::end(kCaps));
   m.attr("SORT_MAX") = kSortMax;
   m.def("device_count", &device_count);
+  m.def("topk_smem_bytes", &topk_smem_bytes);
   using rel = py::call_guard<py::gil_scoped_release>;
 
   m.def("encode_topk",

@@ -161,6 +161,15 @@ void launch_threshold(const EncodeLaunch& a, const float* threshold, index_t cap
   check_launch("encode_threshold");
 }
 
+template <class Tile> size_t topk_smem_for_cap(int cap) {
+  switch (cap) {
+    case 64: return topk_smem_bytes<64>(tile_smem_bytes<Tile>());
+    case 128: return topk_smem_bytes<128>(tile_smem_bytes<Tile>());
+    case 256: return topk_smem_bytes<256>(tile_smem_bytes<Tile>());
+  }
+  throw std::invalid_argument("sae_native._cuda: cap must be 64, 128 or 256");
+}
+
 void check_encode(const EncodeLaunch& a, const char* op) {
   if (a.n < 0 || a.d_in < 0 || a.d_sae < 1 || a.d_sae > 0x7FFFFFFF || a.chunks < 1 || a.chunks > 65535 ||
       a.chunk_latents < BN || a.chunk_latents % BN != 0 || index_t(a.chunks) * a.chunk_latents < a.d_sae)
@@ -168,6 +177,16 @@ void check_encode(const EncodeLaunch& a, const char* op) {
 }
 
 }  // namespace
+
+size_t topk_smem_bytes(int w_dtype, int cap) {
+  switch (DType(w_dtype)) {
+    case DType::bf16: return topk_smem_for_cap<TensorCoreTile<__nv_bfloat16>>(cap);
+    case DType::f16: return topk_smem_for_cap<TensorCoreTile<__half>>(cap);
+    case DType::f32: return topk_smem_for_cap<SimtTile>(cap);
+    default: break;
+  }
+  throw std::invalid_argument("sae_native._cuda.topk_smem_bytes: weights must be float32, bfloat16 or float16");
+}
 
 void encode_topk(const EncodeLaunch& a, int k, int cap, uint64_t* cand) {
   check_encode(a, "encode_topk");

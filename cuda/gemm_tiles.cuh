@@ -12,11 +12,12 @@
 #include <mma.h>
 
 #include "common.cuh"
+#include "launch.h"
 
 namespace sae_cuda {
 
-constexpr int BM = 64;            // rows of u per CTA
-constexpr int BN = 128;           // latents per tile
+constexpr int BM = kTileM;        // rows of u per CTA
+constexpr int BN = kTileN;        // latents per tile
 constexpr int THREADS = 256;      // 8 warps
 constexpr int WARPS = THREADS / 32;
 constexpr int LDC = BN + 4;       // staging tile row stride in floats (16-byte multiple for WMMA)

@@ -4,6 +4,7 @@
 // throws std::runtime_error if the launch fails. Nothing here synchronises or allocates.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace sae_cuda {
@@ -28,6 +29,9 @@ struct EncodeLaunch {
 
 constexpr int kTileM = 64, kTileN = 128;   // rows and latents per CTA tile (gemm_tiles.cuh)
 constexpr int kCaps[] = {64, 128, 256};    // per-row candidate buffer sizes; needs cap >= k + 32
+
+// Shared memory of one fused TopK CTA with this weight dtype and candidate buffer (for the tests).
+size_t topk_smem_bytes(int w_dtype, int cap);
 
 // Per row and chunk, the chunk's k best candidate keys, sorted: cand[n][chunks][k].
 void encode_topk(const EncodeLaunch& a, int k, int cap, uint64_t* cand);

@@ -54,7 +54,17 @@ def test_cuda_absent_is_a_clear_error(capsys):
     assert "--device cuda: torch sees no CUDA device" in err or "has no CUDA kernels" in err
 
 
-def test_records_have_every_field(tmp_path, capsys):
+def test_records_have_every_field(tmp_path, capsys, monkeypatch):
+    # A fake clock: each implementation's calls "take" 3 ms, then 1 ms. The records' statistics are
+    # then exact, and nothing here depends on how fast this machine is.
+    from sae_native.bench import measure
+    calls = {}
+
+    def fake_timed(fn, device):
+        fn()
+        calls[id(fn)] = calls.get(id(fn), 0) + 1
+        return 3e-3 if calls[id(fn)] % 2 else 1e-3
+    monkeypatch.setattr(measure, "_timed", fake_timed)
     out = tmp_path / "r.json"
     assert main(["bench", *TINY, "--refs", "dense,matmul,embedding_bag", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -67,6 +77,7 @@ def test_records_have_every_field(tmp_path, capsys):
         assert FIELDS <= set(r), FIELDS - set(r)
         assert r["shape"] == {"N": 9, "d_in": 16, "d_sae": 67, "k": 5}
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert (r["min_ms"], r["median_ms"], r["max_ms"]) == pytest.approx((1.0, 3.0, 3.0))
         assert r["tokens_per_s"] > 0 and r["gflops"] > 0 and r["dtype"] == "float32" and r["device"] == "cpu"
         assert {"cpu", "cpu_isa", "threads", "copy_gbps"} <= set(r["machine"])
         if r["impl"] == "sae_native":

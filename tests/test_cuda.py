@@ -252,6 +252,32 @@ def test_decode_bad_index_is_an_error_and_the_gpu_stays_usable(monkeypatch):
     torch.testing.assert_close(skipped[0], W_dec[0])
 
 
+@pytest.mark.parametrize("wdtype", WDTYPES + [torch.float64])
+@pytest.mark.parametrize("rows, d", [(1, 1), (13, 7), (97, 33), (300, 100)])
+@pytest.mark.parametrize("strided", [False, True])
+def test_sparse_dot_and_outer_match_dense(wdtype, rows, d, strided):
+    T = torch.float64 if wdtype == torch.float64 else torch.float32
+    n, k = 11, 3
+    g = randn(n, d, seed=rows).to(T)
+    W = randn(rows, d, seed=d).to(wdtype)
+    idx = torch.randint(-1, rows, (n, k), generator=torch.Generator().manual_seed(rows + d))
+    vals = randn(n, k, seed=5).to(T)
+    W_gpu = W.to(DEV).t().contiguous().t() if strided else W.to(DEV)
+    got = torch.ops.sae_native.sparse_dot(g.to(DEV), idx.to(DEV), W_gpu).cpu()
+    safe = idx.clamp_min(0)
+    want = torch.where(idx >= 0, (W.double()[safe] * g.double()[:, None, :]).sum(-1), torch.zeros(n, k).double())
+    tol = 1e-12 if T == torch.float64 else 5e-5
+    torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
+    for transposed in (False, True):
+        out = torch.ops.sae_native.sparse_outer(vals.to(DEV), idx.to(DEV), g.to(DEV), rows, transposed).cpu()
+        dense = torch.zeros(rows, d, dtype=torch.float64)
+        for r in range(n):
+            for j in range(k):
+                if idx[r, j] >= 0:
+                    dense[idx[r, j]] += vals[r, j].double() * g[r].double()
+        torch.testing.assert_close(out.double(), dense.t() if transposed else dense, atol=tol, rtol=tol)
+
+
 # ---- steering -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("activation", ["topk", "jumprelu", "relu"])
@@ -267,6 +293,17 @@ def test_steer_matches_reference(activation, mode, where, keep_error):
     got = sae.steer(x.to(DEV), clamp, mode=mode, keep_error=keep_error, where=where).cpu()
     want = RefSAE(**w).steer(x, clamp, mode, keep_error, where)
     torch.testing.assert_close(got.double(), want, atol=5e-5, rtol=5e-5)
+
+
+@pytest.mark.parametrize("d_in, d_sae", [(1, 1), (1, 5), (7, 1), (13, 31), (17, 16)])
+def test_steer_odd_sizes(d_in, d_sae):
+    for activation in ("topk", "jumprelu"):
+        sae, w = gpu_sae(d_in, d_sae, activation, 1)
+        x = randn(5, d_in)
+        for keep_error in (True, False):
+            got = sae.steer(x.to(DEV), {d_sae - 1: 3.0}, keep_error=keep_error).cpu()
+            want = RefSAE(**w).steer(x, {d_sae - 1: 3.0}, "set", keep_error, "always")
+            torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("activation", ["topk", "jumprelu"])

@@ -116,8 +116,10 @@ def test_threshold_grid_and_cap(n):
 def test_fused_topk_fits_an_a100s_shared_memory():
     # sm_80 allows 163 KiB of dynamic shared memory per block (H100: 227 KiB).
     for cap in cuda_plan.CAPS:
-        for bits in (16, 32):
-            assert cuda_plan.smem_topk_bytes(cap, bits) <= 163 * 1024
+        for w_dtype in (0, 2, 3):  # float32, bfloat16, float16
+            assert 32 * 1024 < _cuda.topk_smem_bytes(w_dtype, cap) <= 163 * 1024
+    with pytest.raises(ValueError, match="cap must be"):
+        _cuda.topk_smem_bytes(2, 100)
 
 
 def test_launchers_reject_bad_arguments_before_touching_the_gpu():

@@ -55,6 +55,12 @@ def _max_per_text(model, site, sae, texts, tokenizer):
     return torch.stack(rows), torch.stack(cover), details
 
 
+def _rank(primary: Tensor, secondary: Tensor) -> Tensor:
+    """Feature ids by primary descending, then secondary descending, then id ascending."""
+    order = torch.argsort(secondary, descending=True, stable=True)
+    return order[torch.argsort(primary[order], descending=True, stable=True)]
+
+
 def find_features(model: torch.nn.Module, site, sae, positive_texts: Sequence, negative_texts: Sequence, *,
                   top: int = 10, tokenizer=None, examples: int = 5, rank: str = "auroc",
                   min_auroc: float = 0.95) -> List[FeatureMatch]:
@@ -85,10 +91,14 @@ def find_features(model: torch.nn.Module, site, sae, positive_texts: Sequence, n
     pos_f, neg_f = (pos > 0).double().mean(0), (neg > 0).double().mean(0)
     pc, nc = pos_cov.double().mean(0), neg_cov.double().mean(0)
     if rank == "auroc":
-        order = sorted(range(sae.d_sae), key=lambda f: (-float(scores[f]), -float(pos_f[f] - neg_f[f])))[:top]
+        order = _rank(scores, pos_f - neg_f)
     else:
-        eligible = [f for f in range(sae.d_sae) if float(scores[f]) >= min_auroc] or list(range(sae.d_sae))
-        order = sorted(eligible, key=lambda f: (-float(pc[f] - nc[f]), -float(scores[f])))[:top]
+        eligible = scores >= min_auroc
+        if not bool(eligible.any()):
+            eligible = torch.ones_like(eligible)
+        order = _rank(pc - nc, scores)
+        order = order[eligible[order]]
+    order = order[:top].tolist()
     out = []
     for f in order:
         tokens = []

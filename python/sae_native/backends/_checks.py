@@ -27,6 +27,16 @@ def indices_reported(op: str, count: int, example: int, rows: int) -> None:
                          f"got {example} ({count} out of range)")
 
 
+def topk_k(op: str, k: int, d_sae: int) -> None:
+    if not 1 <= k <= d_sae:
+        raise fail(op, f"k must be in [1, d_sae={d_sae}], got {k}")
+
+
+def groupmax_k(op: str, k: int, d_sae: int) -> None:
+    if k < 1 or d_sae % k:
+        raise fail(op, f"k must divide d_sae={d_sae} (k groups of d_sae / k latents), got {k}")
+
+
 class OpChecks:
     def __init__(self, device_type: str, label: str):
         self.device_type = device_type   # "cpu" / "cuda"

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from ._checks import OpChecks, fail, indices_reported
+from ._checks import OpChecks, fail, groupmax_k, indices_reported, topk_k
 from ._dtypes import dtype_code
 from .cpu_packing import check_packed, pack
 
@@ -38,32 +38,27 @@ def _packed(op: str, packed: Optional[Tensor], W_enc: Tensor) -> Tensor:
     return packed
 
 
-@torch.library.register_kernel("sae_native::encode_topk", "cpu")
-def _encode_topk(x, W_enc, b_enc, b_dec, k, packed):
-    x, T, d_in, d_sae, b_enc, b_dec = _chk.encode_prologue("encode_topk", x, W_enc, b_enc, b_dec)
-    if not 1 <= k <= d_sae:
-        raise fail("encode_topk", f"k must be in [1, d_sae={d_sae}], got {k}")
+def _encode_k(op: str, native, check_k, x, W_enc, b_enc, b_dec, k, packed):
+    """TopK and GroupMax: k codes per row, written by `native` (_C.encode_topk / encode_groupmax)."""
+    x, T, d_in, d_sae, b_enc, b_dec = _chk.encode_prologue(op, x, W_enc, b_enc, b_dec)
+    check_k(op, k, d_sae)
     n = x.shape[0]
     values = torch.empty(n, k, dtype=T)
     indices = torch.empty(n, k, dtype=torch.int64)
-    packed = _packed("encode_topk", packed, W_enc)
-    _C.encode_topk(dtype_code(T), dtype_code(W_enc.dtype), n, d_in, d_sae, x.data_ptr(), packed.data_ptr(),
-                   b_enc.data_ptr(), _ptr(b_dec), k, values.data_ptr(), indices.data_ptr())
+    packed = _packed(op, packed, W_enc)
+    native(dtype_code(T), dtype_code(W_enc.dtype), n, d_in, d_sae, x.data_ptr(), packed.data_ptr(),
+           b_enc.data_ptr(), _ptr(b_dec), k, values.data_ptr(), indices.data_ptr())
     return values, indices
+
+
+@torch.library.register_kernel("sae_native::encode_topk", "cpu")
+def _encode_topk(x, W_enc, b_enc, b_dec, k, packed):
+    return _encode_k("encode_topk", _C.encode_topk, topk_k, x, W_enc, b_enc, b_dec, k, packed)
 
 
 @torch.library.register_kernel("sae_native::encode_groupmax", "cpu")
 def _encode_groupmax(x, W_enc, b_enc, b_dec, k, packed):
-    x, T, d_in, d_sae, b_enc, b_dec = _chk.encode_prologue("encode_groupmax", x, W_enc, b_enc, b_dec)
-    if k < 1 or d_sae % k:
-        raise fail("encode_groupmax", f"k must divide d_sae={d_sae} (k groups of d_sae / k latents), got {k}")
-    n = x.shape[0]
-    values = torch.empty(n, k, dtype=T)
-    indices = torch.empty(n, k, dtype=torch.int64)
-    packed = _packed("encode_groupmax", packed, W_enc)
-    _C.encode_groupmax(dtype_code(T), dtype_code(W_enc.dtype), n, d_in, d_sae, x.data_ptr(), packed.data_ptr(),
-                       b_enc.data_ptr(), _ptr(b_dec), k, values.data_ptr(), indices.data_ptr())
-    return values, indices
+    return _encode_k("encode_groupmax", _C.encode_groupmax, groupmax_k, x, W_enc, b_enc, b_dec, k, packed)
 
 
 @torch.library.register_kernel("sae_native::encode_threshold", "cpu")

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .. import _cuda
 from . import cuda_dense, cuda_keys, cuda_plan
-from ._checks import OpChecks, fail, indices_reported
+from ._checks import OpChecks, fail, groupmax_k, indices_reported, topk_k
 from ._dtypes import dtype_code
 
 _chk = OpChecks("cuda", "CUDA")
@@ -99,8 +99,7 @@ def _vec_ok(u: Tensor, W: Tensor) -> bool:
 def _encode_topk(x, W_enc, b_enc, b_dec, k, packed):
     op = "encode_topk"
     x, T, d_in, d_sae, b_enc, b_dec = _chk.encode_prologue(op, x, W_enc, b_enc, b_dec)
-    if not 1 <= k <= d_sae:
-        raise fail(op, f"k must be in [1, d_sae={d_sae}], got {k}")
+    topk_k(op, k, d_sae)
     n = x.shape[0]
     with torch.cuda.device(x.device):
         plan = cuda_plan.topk_plan(n, d_sae, k, _sm_count(x.device.index)) if _fused(T, W_enc) else None
@@ -123,8 +122,7 @@ def _encode_topk(x, W_enc, b_enc, b_dec, k, packed):
 @torch.library.register_kernel("sae_native::encode_groupmax", "cuda")
 def _encode_groupmax(x, W_enc, b_enc, b_dec, k, packed):
     x, T, d_in, d_sae, b_enc, b_dec = _chk.encode_prologue("encode_groupmax", x, W_enc, b_enc, b_dec)
-    if k < 1 or d_sae % k:
-        raise fail("encode_groupmax", f"k must divide d_sae={d_sae} (k groups of d_sae / k latents), got {k}")
+    groupmax_k("encode_groupmax", k, d_sae)
     with torch.cuda.device(x.device):
         return cuda_dense.encode_groupmax(_dense_input(x, b_dec, W_enc), W_enc, b_enc, k)
 

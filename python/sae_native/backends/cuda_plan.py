@@ -7,7 +7,6 @@ the TopK merge more candidates (chunks * k keys per row, sorted by one block in 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -74,13 +73,3 @@ def threshold_cap(d_sae: int) -> int:
     L0 of tens to a few hundred."""
     return max(1, min(d_sae, 256))
 
-
-def smem_topk_bytes(cap: int, w_bits: int) -> int:
-    """Shared memory of one fused TopK CTA (mirrors cuda/encode.cu), for the docs and tests."""
-    stage = TILE_M * (TILE_N + 4) * 4
-    if w_bits == 16:
-        operands = 2 * (TILE_M * (32 + 8) + 32 * (TILE_N + 8)) * 2
-    else:
-        operands = 16 * ((TILE_M + 4) + (TILE_N + 4)) * 4
-    tile = math.ceil(max(stage, operands) / 128) * 128
-    return tile + TILE_M * cap * 8 + TILE_M * 8 + TILE_M * 4

@@ -5,7 +5,7 @@ realistic sparsity: TopK picks k, and JumpReLU thresholds leave about 60-80 late
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
@@ -25,9 +25,6 @@ class Shape:
     def label(self) -> str:
         act = f"k={self.k}" if self.activation == "topk" else self.activation
         return f"N={self.N} d_in={self.d_in} d_sae={self.d_sae} {act}"
-
-    def as_dict(self) -> Dict[str, object]:
-        return asdict(self)
 
 
 PRESETS: Dict[str, List[Shape]] = {

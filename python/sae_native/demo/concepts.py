@@ -14,6 +14,10 @@ class Concept:
     def mentioned_in(self, text: str) -> bool:
         return re.search(self.pattern, text, flags=re.IGNORECASE) is not None
 
+    def mention_rate(self, texts) -> float:
+        """The fraction of texts that mention the concept."""
+        return sum(map(self.mentioned_in, texts)) / len(texts)
+
 
 CONCEPTS = {
     "Golden Gate Bridge": Concept("Golden Gate Bridge", "the Golden Gate Bridge", r"golden gate|\bbridges?\b"),

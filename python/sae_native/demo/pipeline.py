@@ -77,10 +77,6 @@ def answer_perplexity(model, tok, prompt: str, answer: str) -> float:
     return float(nll.mean().exp())
 
 
-def mentions(text: str, concept: Concept) -> bool:
-    return concept.mentioned_in(text)
-
-
 def distinct_words(texts: Sequence[str]) -> float:
     """Mean share of distinct words in each text: low when an answer collapses into repetition,
     which perplexity alone can miss (a repeated token becomes very predictable)."""
@@ -151,13 +147,13 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
         f"their tokens vs {best.neg_coverage:.1%}); top tokens: " + ", ".join(f"{t!r} {v:.1f}" for t, v in best.top_tokens))
     prompts = list(prompts or PROMPTS[:budget.prompts])
     base = generate(model, tok, prompts, max_new_tokens=budget.answer_tokens, sample=False)
-    base_rate = sum(mentions(t, concept) for t in base) / len(prompts)
+    base_rate = concept.mention_rate(base)
     ppl_base = _median([answer_perplexity(model, tok, p, a) for p, a in zip(prompts, base)])
     distinct_base = distinct_words(base)
     table = []
     for sc in sorted({float(scale), *map(float, sweep)}):
         ans = _steered_answers(model, tok, sae, best.feature, sc, prompts, budget)
-        rate = sum(mentions(t, concept) for t in ans) / len(prompts)
+        rate = concept.mention_rate(ans)
         ppl = _median([answer_perplexity(model, tok, p, a) for p, a in zip(prompts, ans)])
         table.append({"scale": sc, "mention_rate": rate, "median_perplexity": ppl, "distinct_words": distinct_words(ans),
                       "answers": ans})

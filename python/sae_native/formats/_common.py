@@ -82,15 +82,6 @@ def read_safetensors(path: str, names: Optional[Iterable[str]] = None, progress:
                           "safetensors file?") from None
 
 
-def safetensors_keys(path: str) -> Sequence[str]:
-    from safetensors import safe_open
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            return list(f.keys())
-    except Exception as e:  # noqa: BLE001 - any failure to parse the header
-        raise FormatError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
-
-
 def torch_load(path: str) -> Any:
     """torch.load with weights_only=True (tensors, numbers, strings, containers), memory-mapped
     when the file allows. A pickle that would run code is refused, never executed."""
@@ -128,13 +119,6 @@ def tensor(state: Dict[str, Any], name: str, file: str, shape: Optional[Sequence
     if shape is not None and tuple(t.shape) != tuple(shape):
         raise FormatError(f"{file}: tensor {key!r} has shape {list(t.shape)}, expected {list(shape)}")
     return t
-
-
-def require_files(folder: str, *names: str) -> None:
-    for name in names:
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such file")
 
 
 @dataclass

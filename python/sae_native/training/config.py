@@ -95,7 +95,6 @@ class TrainConfig:
         if self.lr is not None:
             return float(self.lr)
         return 2e-4 / math.sqrt(self.d_sae / 16384)
-        return {"relu": 5e-5, "jumprelu": 7e-5}[self.architecture]
 
     @property
     def unit_decoder(self) -> bool:

@@ -95,7 +95,7 @@ class Trainer:
             self._start(x)
         xs = x * self.scale
         W_enc, W_dec = self._kernel_weights()
-        B, d_sae = xs.shape[0], cfg.d_sae
+        B = xs.shape[0]
         theta = None
         if cfg.architecture == "topk":
             values, indices = _ops.encode_topk(xs, W_enc, self.b_enc, self.b_dec, cfg.k, None)
