@@ -30,6 +30,12 @@ struct GemmArgs {
   bool vec;           // 16-byte loads: d_in and d_sae multiples of 8, both pointers 16-byte aligned
 };
 
+#if defined(SAE_CUDA_EMULATOR)
+// tests/cuda_emu: the CPU emulator stands in for the three PTX instructions.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) { emu::cp_async16(smem, gmem, pred); }
+__device__ __forceinline__ void cp_async_commit() { emu::cp_async_commit(); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { emu::cp_async_wait(N); }
+#else
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   const int bytes = pred ? 16 : 0;  // 0: the 16 bytes are zero-filled, nothing is read
@@ -39,6 +45,7 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+#endif
 
 template <class T> __device__ __forceinline__ T zero_of();
 template <> __device__ __forceinline__ __nv_bfloat16 zero_of() { return __float2bfloat16(0.0f); }

@@ -100,15 +100,15 @@ void ref_preact(int w_dtype, index_t n, index_t d_in, index_t d_sae, const void*
   const unsigned blocks = blocks_for(n * d_sae, kThreads, 0x7FFFFFFF);
   switch (DType(w_dtype)) {
     case DType::bf16:
-      ref_preact_kernel<<<blocks, kThreads, 0, as_stream(stream)>>>(
+      ref_preact_kernel<__nv_bfloat16><<<blocks, kThreads, 0, as_stream(stream)>>>(
           n, d_in, d_sae, static_cast<const __nv_bfloat16*>(u), static_cast<const __nv_bfloat16*>(w), b_enc, pre);
       break;
     case DType::f16:
-      ref_preact_kernel<<<blocks, kThreads, 0, as_stream(stream)>>>(
+      ref_preact_kernel<__half><<<blocks, kThreads, 0, as_stream(stream)>>>(
           n, d_in, d_sae, static_cast<const __half*>(u), static_cast<const __half*>(w), b_enc, pre);
       break;
     case DType::f32:
-      ref_preact_kernel<<<blocks, kThreads, 0, as_stream(stream)>>>(
+      ref_preact_kernel<float><<<blocks, kThreads, 0, as_stream(stream)>>>(
           n, d_in, d_sae, static_cast<const float*>(u), static_cast<const float*>(w), b_enc, pre);
       break;
     default:

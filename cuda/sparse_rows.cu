@@ -2,6 +2,7 @@
 // pieces of the backward passes, sparse_dot (g against gathered rows) and sparse_outer (weighted
 // rows of g scattered into a weight gradient, with atomics: not bitwise deterministic, like
 // torch's index_add_ on CUDA). Indices outside [-1, rows) are skipped and reported.
+#include <cstring>
 #include <type_traits>
 
 #include "launch_util.cuh"
@@ -28,7 +29,8 @@ template <class T, class W, int V> __device__ __forceinline__ void fma_weights(T
   } else {
     static_assert(V == 8, "16-bit rows load as 8 halves");
     const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const W* h = reinterpret_cast<const W*>(&raw);
+    W h[8];
+    memcpy(h, &raw, sizeof raw);  // not a pointer cast: reading a uint4 through W* breaks aliasing rules
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[e] += v * widen<T>(h[e]);
   }

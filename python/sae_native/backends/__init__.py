@@ -14,9 +14,11 @@ from .. import _runtime
 from . import cpu  # noqa: F401  (registers the CPU kernels)
 from .cpu_packing import pack as _pack_cpu
 
+from . import cuda as _cuda_backend
+
 CUDA_KERNELS = _runtime._cuda_module() is not None
 if CUDA_KERNELS:
-    from . import cuda  # noqa: F401  (registers the CUDA kernels)
+    _cuda_backend.register()
 
 
 def _version(t: Tensor) -> int:

@@ -1,0 +1,231 @@
+"""The launch sequences of the CUDA ops: scratch buffers, kernel calls, read-backs, on inputs that
+``cuda.py`` has already checked against the op contract.
+
+Nothing here names a device or imports the kernel module: a ``Runtime`` says which module runs the
+kernels and on what stream. ``cuda.py`` passes ``sae_native._cuda`` and torch's current stream;
+the tests also pass the CPU emulator's build of the same kernel sources (tests/cuda_emu) with CPU
+tensors, so every line below runs on a machine without a GPU too.
+
+What differs from the CPU backend:
+- With 16-bit weights, ``u = x - b_dec`` is rounded to the weights' dtype and multiplied on tensor
+  cores with fp32 accumulation (as torch's own bf16 matmul does); fp32 weights use fp32 FMAs.
+- GroupMax, TopK with k > ``cuda_plan.MAX_FUSED_K`` and float64 encode through torch
+  (``cuda_dense.py``): same contract, dense pre-activations a bounded block of rows at a time.
+- Synchronisation: the threshold encode reads its codes' width back (data-dependent, like
+  ``torch.nonzero``); decode, steer_codes, sparse_dot and sparse_outer read back the kernels'
+  count of out-of-range indices when ``Runtime.index_check``. TopK encode and steer_threshold
+  never synchronise.
+- sparse_outer adds with atomics: weight gradients are not bitwise reproducible run to run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from . import cuda_dense, cuda_keys, cuda_plan
+from ._checks import fail, indices_reported
+from ._dtypes import dtype_code
+
+_TENSOR_CORE = (torch.bfloat16, torch.float16)
+_FUSED_WEIGHTS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    lib: Any            # the kernel module: sae_native._cuda, or the emulator's build of it
+    stream: int         # cudaStream_t as an integer (0: the legacy default stream)
+    sm_count: int       # multiprocessors to fill (the encode grid's chunking)
+    index_check: bool   # read back the kernels' out-of-range index reports (synchronises)
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+class _IndexReport:
+    """Two counters the kernels fill with out-of-range indices (how many, one example)."""
+
+    def __init__(self, rt: Runtime, device: torch.device):
+        self.t = torch.zeros(2, dtype=torch.int64, device=device) if rt.index_check else None
+
+    @property
+    def ptr(self) -> int:
+        return _ptr(self.t)
+
+    def raise_if_any(self, op: str, rows: int) -> None:
+        if self.t is not None:
+            count, example = self.t.tolist()  # synchronises
+            indices_reported(op, count, example, rows)
+
+
+def _encoder_input(x: Tensor, b_dec: Optional[Tensor], W: Tensor) -> Tensor:
+    """u = x - b_dec, in the weights' dtype when they are 16-bit (the tensor cores' operand)."""
+    u = x - b_dec if b_dec is not None else x
+    return u.to(W.dtype).contiguous() if W.dtype in _TENSOR_CORE else u.contiguous()
+
+
+def _dense_input(x: Tensor, b_dec: Optional[Tensor], W: Tensor) -> Tensor:
+    """The same u for the torch fallbacks, rounded the same way, in x's dtype."""
+    return _encoder_input(x, b_dec, W).to(x.dtype)
+
+
+def _weights(op: str, W_enc: Tensor, packed: Optional[Tensor]) -> Tensor:
+    """W_enc row-major: the packed copy (``backends.PackedEncoder``) or W_enc made contiguous."""
+    if packed is None:
+        return W_enc.contiguous()
+    if packed.shape != W_enc.shape or packed.dtype != W_enc.dtype or packed.device != W_enc.device \
+            or not packed.is_contiguous():
+        raise fail(op, f"packed must be W_enc made contiguous ({W_enc.dtype} {list(W_enc.shape)} on "
+                       f"{W_enc.device}), got {packed.dtype} {list(packed.shape)} on {packed.device}")
+    return packed
+
+
+def _fused(T: torch.dtype, W: Tensor) -> bool:
+    return T == torch.float32 and W.dtype in _FUSED_WEIGHTS and W.shape[1] < 2 ** 31
+
+
+def _vec_ok(u: Tensor, W: Tensor) -> bool:
+    d_in, d_sae = W.shape
+    return W.dtype in _TENSOR_CORE and d_in % 8 == 0 and d_sae % 8 == 0 and \
+        u.data_ptr() % 16 == 0 and W.data_ptr() % 16 == 0
+
+
+def encode_topk(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: int,
+                packed: Optional[Tensor]):
+    n, d_in = x.shape
+    d_sae = W_enc.shape[1]
+    T = x.dtype
+    plan = cuda_plan.topk_plan(n, d_sae, k, rt.sm_count) if _fused(T, W_enc) else None
+    if plan is None or n == 0:
+        return cuda_dense.encode_topk(_dense_input(x, b_dec, W_enc), W_enc, b_enc, k)
+    W = _weights("encode_topk", W_enc, packed)
+    u = _encoder_input(x, b_dec, W)
+    cand = torch.empty(n, plan.candidates, dtype=torch.int64, device=x.device)   # uint64 keys
+    rt.lib.encode_topk(dtype_code(W.dtype), n, d_in, d_sae, u.data_ptr(), W.data_ptr(), b_enc.data_ptr(), k,
+                       plan.cap, plan.grid.chunk_latents, plan.grid.chunks, cand.data_ptr(), _vec_ok(u, W),
+                       rt.stream)
+    values = torch.empty(n, k, dtype=T, device=x.device)
+    indices = torch.empty(n, k, dtype=torch.int64, device=x.device)
+    rt.lib.sort_rows(n, cand.data_ptr(), plan.candidates, plan.candidates, 0, plan.sort_size, k, True,
+                     values.data_ptr(), indices.data_ptr(), rt.stream)
+    return values, indices
+
+
+def encode_groupmax(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: int):
+    return cuda_dense.encode_groupmax(_dense_input(x, b_dec, W_enc), W_enc, b_enc, k)
+
+
+def encode_threshold(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor],
+                     threshold: Optional[Tensor], packed: Optional[Tensor]):
+    n, d_in = x.shape
+    d_sae = W_enc.shape[1]
+    T = x.dtype
+    if not _fused(T, W_enc) or n == 0:
+        return cuda_dense.encode_threshold(_dense_input(x, b_dec, W_enc), W_enc, b_enc, threshold)
+    W = _weights("encode_threshold", W_enc, packed)
+    u = _encoder_input(x, b_dec, W)
+    grid = cuda_plan.threshold_grid(n, d_sae, rt.sm_count)
+    cap = cuda_plan.threshold_cap(d_sae)
+    while True:
+        counts = torch.zeros(n, dtype=torch.int64, device=x.device)
+        hits = torch.empty(n, cap, dtype=torch.int64, device=x.device)   # uint64 keys
+        rt.lib.encode_threshold(dtype_code(W.dtype), n, d_in, d_sae, u.data_ptr(), W.data_ptr(), b_enc.data_ptr(),
+                                _ptr(threshold), cap, grid.chunk_latents, grid.chunks, counts.data_ptr(),
+                                hits.data_ptr(), _vec_ok(u, W), rt.stream)
+        width = int(counts.max())  # synchronises: the codes' width is the batch's largest count
+        if width <= cap:
+            break
+        cap = width  # a row had more hits than the buffer held: once more, wide enough for all
+    size = cuda_plan.next_pow2(width)
+    if size > cuda_plan.SORT_MAX:
+        values, indices = cuda_keys.sort_keys(hits, counts, width)
+        return values.to(T), indices, counts
+    values = torch.empty(n, width, dtype=T, device=x.device)
+    indices = torch.empty(n, width, dtype=torch.int64, device=x.device)
+    rt.lib.sort_rows(n, hits.data_ptr(), cap, width, counts.data_ptr(), size, width, False, values.data_ptr(),
+                     indices.data_ptr(), rt.stream)
+    return values, indices, counts
+
+
+def _decode_into(rt: Runtime, out: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor,
+                 b_dec: Optional[Tensor], report: _IndexReport) -> None:
+    n, k = values.shape
+    d_sae, d_in = W_dec.shape
+    rt.lib.decode(dtype_code(values.dtype), dtype_code(W_dec.dtype), n, k, values.data_ptr(), indices.data_ptr(),
+                  W_dec.data_ptr(), d_sae, d_in, W_dec.stride(0), W_dec.stride(1), _ptr(b_dec), out.data_ptr(),
+                  report.ptr, rt.stream)
+
+
+def decode(rt: Runtime, values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tensor]) -> Tensor:
+    out = torch.empty(values.shape[0], W_dec.shape[1], dtype=values.dtype, device=values.device)
+    report = _IndexReport(rt, values.device)
+    _decode_into(rt, out, values, indices, W_dec, b_dec, report)
+    report.raise_if_any("decode", W_dec.shape[0])
+    return out
+
+
+def sparse_dot(rt: Runtime, g: Tensor, indices: Tensor, W: Tensor) -> Tensor:
+    n, k = indices.shape
+    rows, d = W.shape
+    out = torch.empty(n, k, dtype=g.dtype, device=g.device)
+    report = _IndexReport(rt, g.device)
+    rt.lib.sparse_dot(dtype_code(g.dtype), dtype_code(W.dtype), n, k, g.data_ptr(), indices.data_ptr(),
+                      W.data_ptr(), rows, d, W.stride(0), W.stride(1), out.data_ptr(), report.ptr, rt.stream)
+    report.raise_if_any("sparse_dot", rows)
+    return out
+
+
+def sparse_outer(rt: Runtime, values: Tensor, indices: Tensor, g: Tensor, rows: int, transposed: bool) -> Tensor:
+    n, k = values.shape
+    d = g.shape[1]
+    out = torch.zeros((d, rows) if transposed else (rows, d), dtype=values.dtype, device=g.device)
+    row_stride, col_stride = (1, rows) if transposed else (d, 1)
+    report = _IndexReport(rt, g.device)
+    rt.lib.sparse_outer(dtype_code(values.dtype), n, k, values.data_ptr(), indices.data_ptr(), g.data_ptr(), d,
+                        out.data_ptr(), rows, row_stride, col_stride, report.ptr, rt.stream)
+    report.raise_if_any("sparse_outer", rows)
+    return out
+
+
+def steer_threshold(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor,
+                    b_dec: Optional[Tensor], threshold: Optional[Tensor], features: Tensor, targets: Tensor,
+                    mode_code: int, only_active: bool):
+    n, d_in = x.shape
+    T = x.dtype
+    count = features.shape[0]
+    y = torch.empty_like(x)
+    z = torch.empty(n, count, dtype=T, device=x.device)
+    # Only the clamped features' columns and rows, gathered once per call ([count, d_in]).
+    enc_cols = W_enc[:, features].t().to(T).contiguous()
+    dec_rows = W_dec[features].to(T).contiguous()
+    b_f = b_enc[features].contiguous()
+    thr_f = threshold[features].contiguous() if threshold is not None else None
+    rt.lib.steer_threshold(dtype_code(T), n, d_in, x.data_ptr(), _ptr(b_dec), count, enc_cols.data_ptr(),
+                           b_f.data_ptr(), _ptr(thr_f), dec_rows.data_ptr(), targets.data_ptr(), mode_code,
+                           bool(only_active), y.data_ptr(), z.data_ptr(), rt.stream)
+    return y, z
+
+
+def steer_codes(rt: Runtime, x: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tensor],
+                features: Tensor, targets: Tensor, mode_code: int, only_active: bool, keep_error: bool):
+    n, k = values.shape
+    d_sae, d_in = W_dec.shape
+    T = x.dtype
+    count = features.shape[0]
+    y = torch.empty_like(x)
+    z = torch.empty(n, count, dtype=T, device=x.device)
+    dec_rows = W_dec[features].to(T).contiguous()
+    report = _IndexReport(rt, x.device)
+    if keep_error:
+        base = x
+    else:  # y starts as the decoded codes (plus b_dec); the kernel adds the clamp's change in place
+        _decode_into(rt, y, values, indices, W_dec, b_dec, report)
+        base = y
+    rt.lib.steer_codes(dtype_code(T), n, d_in, k, base.data_ptr(), values.data_ptr(), indices.data_ptr(), d_sae,
+                       count, features.data_ptr(), targets.data_ptr(), dec_rows.data_ptr(), mode_code,
+                       bool(only_active), y.data_ptr(), z.data_ptr(), report.ptr if keep_error else 0, rt.stream)
+    report.raise_if_any("steer_codes", d_sae)
+    return y, z
