@@ -13,8 +13,12 @@ namespace sae_cuda {
 
 inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
+// Throws for a failed call. The runtime also keeps that error as its "last error"; it is read (and
+// so cleared) here, or the next launch's check would report it again.
 inline void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string("sae_native._cuda: ") + what + ": " + cudaGetErrorString(err));
+  if (err == cudaSuccess) return;
+  cudaGetLastError();
+  throw std::runtime_error(std::string("sae_native._cuda: ") + what + ": " + cudaGetErrorString(err));
 }
 
 // After a launch: a bad configuration or a sticky earlier error surfaces here, not later.

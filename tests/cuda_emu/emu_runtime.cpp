@@ -90,6 +90,7 @@ struct Copy {
   void* dst;
   const void* src;
   bool pred;
+  bool landed;  // written at issue already (set_copies_at_issue)
 };
 
 struct ThreadFiber {
@@ -123,6 +124,7 @@ thread_local std::string g_message;
 std::map<const void*, int> g_max_smem;
 std::mutex g_launch_mutex;  // one launch at a time (the module releases the GIL)
 uint64_t g_seed = 0;
+bool g_copies_at_issue = false;
 size_t g_ceiling = kDefaultSmemCeiling;
 uint64_t g_launches = 0;
 
@@ -140,12 +142,10 @@ void suspend(Wait w) {
   switch_context(f->ctx, r.scheduler);
 }
 
-void flush_copies(std::vector<Copy>& copies) {
-  for (const Copy& c : copies) {
-    if (c.pred) std::memcpy(c.dst, c.src, 16);
-    else std::memset(c.dst, 0, 16);
-  }
-  copies.clear();
+void land(const Copy& c) {
+  if (c.landed) return;
+  if (c.pred) std::memcpy(c.dst, c.src, 16);
+  else std::memset(c.dst, 0, 16);
 }
 
 void fiber_entry() {
@@ -302,7 +302,12 @@ void cp_async16(void* smem, const void* gmem, bool pred) {
     throw std::runtime_error("emulator: cp.async destination outside the block's dynamic shared memory");
   if (reinterpret_cast<uintptr_t>(smem) % 16 != 0 || (pred && reinterpret_cast<uintptr_t>(gmem) % 16 != 0))
     throw std::runtime_error("emulator: cp.async of 16 bytes needs 16-byte aligned addresses");
-  r.current->open.push_back(Copy{smem, gmem, pred});
+  Copy c{smem, gmem, pred, false};
+  if (g_copies_at_issue) {
+    land(c);
+    c.landed = true;  // still pending for the group bookkeeping
+  }
+  r.current->open.push_back(c);
 }
 
 void cp_async_commit() {
@@ -314,14 +319,13 @@ void cp_async_commit() {
 void cp_async_wait(int pending_groups) {
   ThreadFiber* f = run().current;
   while (f->groups.size() > size_t(pending_groups)) {
-    flush_copies(f->groups.front());
+    for (const Copy& c : f->groups.front()) land(c);
     f->groups.pop_front();
   }
 }
 
 cudaError_t run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {
   std::lock_guard<std::mutex> lock(g_launch_mutex);
-  if (g_last != cudaSuccess) return g_last;  // a sticky error: nothing runs until it is read
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.y != 1 || block.z != 1)
     return fail(cudaErrorInvalidConfiguration, "block size (the emulator runs 1-D blocks of 1..1024 threads)");
@@ -383,6 +387,7 @@ cudaError_t set_max_dynamic_smem(const void* kernel, int bytes) {
 }
 
 void set_schedule_seed(uint64_t seed) { g_seed = seed; }
+void set_copies_at_issue(bool at_issue) { g_copies_at_issue = at_issue; }
 void set_smem_ceiling(size_t bytes) { g_ceiling = bytes; }
 void reset_kernel_attributes() { g_max_smem.clear(); }
 uint64_t launches() { return g_launches; }

@@ -11,8 +11,9 @@
 //   exited, or waits at __syncthreads instead, is reported as a divergence error (the launch
 //   fails, cudaGetLastError returns it). The order in which fibers resume can be shuffled (seed).
 // - cp.async copies land at cp.async.wait_group, the latest moment the PTX allows, so a read of a
-//   stage before its wait sees stale shared memory. Dynamic shared memory starts as 0xFF bytes
-//   (NaN floats, huge keys) in every block.
+//   stage before its wait sees stale shared memory; or, when set, also at issue, the earliest, so
+//   a stage refilled while other warps still read it shows. Dynamic shared memory starts as 0xFF
+//   bytes (NaN floats, huge keys) in every block.
 // - Launches check the configuration as the hardware would: block size, grid limits, dynamic
 //   shared memory over 48 KiB only after cudaFuncSetAttribute, and a per-device ceiling.
 // - Streams are ignored: a launch runs to completion before it returns.
@@ -60,6 +61,7 @@ cudaError_t set_max_dynamic_smem(const void* kernel, int bytes);
 // Test controls (exposed by the emulated module): the order fibers resume in (0 = thread order),
 // and the device's shared-memory ceiling per block (bytes).
 void set_schedule_seed(uint64_t seed);
+void set_copies_at_issue(bool at_issue);
 void set_smem_ceiling(size_t bytes);
 void reset_kernel_attributes();
 uint64_t launches();
