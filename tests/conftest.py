@@ -6,6 +6,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import sae_native as sn  # noqa: E402
+from cuda_emu import build as emu_build  # noqa: E402
 from sae_native import _C  # noqa: E402
 
 ISAS = list(_C.supported_isas())
@@ -36,3 +37,13 @@ def thread_pool(request):
     _runtime.select_thread_pool(request.param)
     yield request.param
     _runtime.select_thread_pool(before)
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    """The CPU emulator's build of the CUDA kernels (tests/cuda_emu; compiled once, cached under
+    build/cuda_emu). Skips where CUDA's headers are missing."""
+    try:
+        return emu_build.load()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))

@@ -15,6 +15,8 @@ void emu_register(pybind11::module_& m) {
   m.def("set_schedule_seed", &emu::set_schedule_seed,
         "Order in which the threads of a block resume after each sync point: 0 = thread order, "
         "else a permutation drawn from this seed.");
+  m.def("set_warp_greedy", &emu::set_warp_greedy,
+        "Run one warp at a time up to each block barrier instead of all warps in step.");
   m.def("set_copies_at_issue", &emu::set_copies_at_issue,
         "cp.async data lands at issue as well as at the wait (exposes refills of a stage still in use).");
   m.def("set_smem_ceiling", &emu::set_smem_ceiling, "The device's dynamic shared memory per block, in bytes.");

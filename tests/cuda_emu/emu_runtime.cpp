@@ -125,6 +125,7 @@ std::map<const void*, int> g_max_smem;
 std::mutex g_launch_mutex;  // one launch at a time (the module releases the GIL)
 uint64_t g_seed = 0;
 bool g_copies_at_issue = false;
+bool g_warp_greedy = false;
 size_t g_ceiling = kDefaultSmemCeiling;
 uint64_t g_launches = 0;
 
@@ -226,36 +227,59 @@ bool try_collective(BlockRun& r, size_t w, size_t leader, bool stalled) {
   return true;
 }
 
+void resume(BlockRun& r, ThreadFiber& f) {
+  r.current = &f;
+  switch_context(r.scheduler, f.ctx);
+  if (!r.failure.empty()) throw std::runtime_error("emulator: kernel failed: " + r.failure);
+}
+
+// Completes every collective of warp w whose lanes have all arrived; true if any was.
+bool resolve_warp(BlockRun& r, size_t w) {
+  bool progressed = false;
+  for (size_t i = w * 32; i < std::min(r.fibers.size(), w * 32 + 32); ++i)
+    if (r.fibers[i].wait == Wait::collective && try_collective(r, w, i, false)) progressed = true;
+  return progressed;
+}
+
+// Two policies decide who runs between block barriers:
+//   round robin: every thread advances to its next sync point, then the collectives complete:
+//                warps move in step;
+//   warp-greedy: one warp runs (collectives and all) until it reaches the block barrier or exits,
+//                then the next: a warp gets as far ahead of the others as the barriers allow.
+// The seed (non-zero) shuffles the order of threads (round robin) or warps (greedy).
 void run_block(BlockRun& r, std::mt19937_64& rng) {
-  const size_t threads = r.fibers.size();
+  const size_t threads = r.fibers.size(), warps = (threads + 31) / 32;
   for (ThreadFiber& f : r.fibers) {
     make_context(f.ctx, f.stack.get(), kStackBytes, fiber_entry);
     f.wait = Wait::running;
     f.open.clear();
     f.groups.clear();
   }
-  std::vector<size_t> order(threads);
-  for (size_t i = 0; i < threads; ++i) order[i] = i;
+  std::vector<size_t> order(g_warp_greedy ? warps : threads);
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   for (;;) {
     if (g_seed != 0) std::shuffle(order.begin(), order.end(), rng);
-    for (size_t i : order) {
-      ThreadFiber& f = r.fibers[i];
-      if (f.wait != Wait::running) continue;
-      r.current = &f;
-      switch_context(r.scheduler, f.ctx);
-      if (!r.failure.empty()) throw std::runtime_error("emulator: kernel failed: " + r.failure);
+    bool progressed = false;
+    if (g_warp_greedy) {
+      for (size_t w : order) {
+        do {
+          for (size_t i = w * 32; i < std::min(threads, w * 32 + 32); ++i)
+            if (r.fibers[i].wait == Wait::running) resume(r, r.fibers[i]);
+        } while (resolve_warp(r, w));
+      }
+    } else {
+      for (size_t i : order)
+        if (r.fibers[i].wait == Wait::running) resume(r, r.fibers[i]);
+      for (size_t w = 0; w < warps; ++w) progressed = resolve_warp(r, w) || progressed;
+      if (progressed) continue;
     }
-    // Every fiber now waits or has exited. Collectives first, then the block barrier.
-    bool progressed = false, any_alive = false, all_at_barrier = true;
-    for (size_t i = 0; i < threads; ++i) {
-      const ThreadFiber& f = r.fibers[i];
+    // No collective can complete now: the block barrier, or the end, or a deadlock.
+    bool any_alive = false, all_at_barrier = true;
+    for (const ThreadFiber& f : r.fibers) {
       if (f.wait != Wait::done) any_alive = true;
       if (f.wait == Wait::collective || f.wait == Wait::running) all_at_barrier = false;
     }
     if (!any_alive) return;
-    for (size_t i = 0; i < threads; ++i)
-      if (r.fibers[i].wait == Wait::collective && try_collective(r, i / 32, i, false)) progressed = true;
-    if (progressed) continue;
     if (all_at_barrier) {  // exited threads count as arrived, as on the hardware
       for (ThreadFiber& f : r.fibers)
         if (f.wait == Wait::block_barrier) f.wait = Wait::running;
@@ -388,6 +412,7 @@ cudaError_t set_max_dynamic_smem(const void* kernel, int bytes) {
 
 void set_schedule_seed(uint64_t seed) { g_seed = seed; }
 void set_copies_at_issue(bool at_issue) { g_copies_at_issue = at_issue; }
+void set_warp_greedy(bool greedy) { g_warp_greedy = greedy; }
 void set_smem_ceiling(size_t bytes) { g_ceiling = bytes; }
 void reset_kernel_attributes() { g_max_smem.clear(); }
 uint64_t launches() { return g_launches; }

@@ -6,7 +6,9 @@
 //   another. A fiber runs until it reaches a synchronisation point: __syncthreads, or a warp
 //   collective (__syncwarp, __ballot_sync, __shfl*_sync, the wmma *_sync calls). So every
 //   schedule it produces is one that independent thread scheduling allows, and code that relies on
-//   lanes moving in lockstep without a sync shows up as wrong results.
+//   lanes moving in lockstep without a sync shows up as wrong results. Warps either move in step
+//   or run one at a time as far as the block barriers let them (set_warp_greedy), so a warp that
+//   overwrites shared memory others still read without a barrier between shows too.
 // - Collectives are checked: every lane of the mask must reach the same collective; a lane that
 //   exited, or waits at __syncthreads instead, is reported as a divergence error (the launch
 //   fails, cudaGetLastError returns it). The order in which fibers resume can be shuffled (seed).
@@ -62,6 +64,7 @@ cudaError_t set_max_dynamic_smem(const void* kernel, int bytes);
 // and the device's shared-memory ceiling per block (bytes).
 void set_schedule_seed(uint64_t seed);
 void set_copies_at_issue(bool at_issue);
+void set_warp_greedy(bool greedy);
 void set_smem_ceiling(size_t bytes);
 void reset_kernel_attributes();
 uint64_t launches();

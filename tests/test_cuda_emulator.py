@@ -1,0 +1,156 @@
+"""The CPU emulator of the CUDA execution model (tests/cuda_emu) checks itself here: collectives
+give the hardware's results, and the bugs it is there to expose do show (divergent collectives, a
+missing barrier, reading a cp.async stage before its wait, shared memory over the limits). Then the
+CUDA kernels under every schedule it offers, and launch limits as on an A100.
+"""
+import pytest
+import torch
+
+from cuda_emu.backend import emulated_cuda
+from helpers import check_topk_codes, randn
+from test_cuda import WDTYPES, dev_sae, reference_for
+
+THREADS = 64
+
+
+def test_ballot_and_shuffles(emulator):
+    lanes = [t % 32 for t in range(THREADS)]
+    ballot = sum(1 << lane for lane in range(32) if lane % 3 == 0)
+    assert emulator.selftest("ballot")[:THREADS] == [ballot] * THREADS
+    out = emulator.selftest("shuffle")
+    sums, from_next, xored = out[0:3 * THREADS:3], out[1:3 * THREADS:3], out[2:3 * THREADS:3]
+    assert [sums[t] for t in (0, 32)] == [496, 496]   # lane 0 of each warp holds the warp's sum
+    assert from_next == [((lane + 1) % 32) * 10 for lane in lanes]
+    assert xored == [lane ^ 1 for lane in lanes]
+
+
+@pytest.mark.parametrize("name", ["divergent_ballot", "collective_vs_barrier"])
+@pytest.mark.parametrize("greedy", [False, True])
+def test_divergent_collectives_fail_the_launch(emulator, name, greedy):
+    emulator.set_warp_greedy(greedy)
+    try:
+        with pytest.raises(RuntimeError, match="divergent warp collective"):
+            emulator.selftest(name)
+        assert emulator.selftest("ballot")[0] != -7   # the next launch runs normally
+    finally:
+        emulator.set_warp_greedy(False)
+
+
+def test_a_missing_barrier_shows_under_some_schedule(emulator):
+    outcomes = []
+    try:
+        for seed in range(4):
+            for greedy in (False, True):
+                emulator.set_schedule_seed(seed)
+                emulator.set_warp_greedy(greedy)
+                assert emulator.selftest("publish_barrier")[:THREADS] == [42] * THREADS
+                outcomes.append(emulator.selftest("publish")[:THREADS])
+    finally:
+        emulator.set_schedule_seed(0)
+        emulator.set_warp_greedy(False)
+    assert outcomes[0] == [42] * THREADS         # thread order: the writer happens to run first
+    assert any(-1 in o for o in outcomes[1:])     # others read the 0xFF-filled shared memory first
+
+
+def test_cp_async_lands_at_the_wait(emulator):
+    before, after = emulator.selftest("cp_async")[:2]
+    assert (before, after) == (-1, 11)
+    with pytest.raises(RuntimeError, match="pending"):
+        emulator.selftest("cp_async_no_wait")
+    emulator.set_copies_at_issue(True)
+    try:
+        assert emulator.selftest("cp_async")[:2] == [11, 11]
+    finally:
+        emulator.set_copies_at_issue(False)
+
+
+def test_shared_memory_limits(emulator):
+    emulator.reset_kernel_attributes()
+    assert emulator.selftest("big_smem", 48 * 1024)[:THREADS] == [7] * THREADS
+    with pytest.raises(RuntimeError, match="over the kernel's limit"):
+        emulator.selftest("big_smem", 60000)
+    assert emulator.selftest("big_smem", 60000, True)[:THREADS] == [7] * THREADS
+    with pytest.raises(RuntimeError, match="over the device's"):
+        emulator.selftest("big_smem", 300000, True)
+    emulator.reset_kernel_attributes()
+
+
+# ---- the CUDA kernels under the emulator's schedules and limits ----------------------------------
+
+# (resume-order seed, cp.async lands at issue, warp-greedy): the default runs warps in step with
+# copies landing at the wait (a read before its wait sees stale data); copies at issue with greedy
+# warps (a stage refilled while other warps still read it shows); shuffled orders.
+SCHEDULES = [(0, False, False), (0, True, True), (1, True, True), (2, False, False), (3, True, False),
+             (4, False, True)]
+
+
+def _schedule_outputs(lib):
+    """Every kernel family once, at sizes with partial tiles, several chunks and compactions."""
+    out = {}
+    for wdtype, d_in in ((torch.float32, 40), (torch.bfloat16, 64), (torch.float16, 17)):
+        sae, _ = dev_sae("cpu", d_in, 700, "topk", 40, wdtype, seed=d_in)
+        codes = sae.encode(randn(70, d_in, seed=3))
+        out[f"topk {wdtype}"] = (codes.values, codes.indices)
+        out[f"decode {wdtype}"] = sae.decode(codes)
+    sae, _ = dev_sae("cpu", 32, 500, "jumprelu", None, torch.bfloat16, seed=5)
+    x = randn(66, 32, seed=4)
+    codes = sae.encode(x)
+    out["threshold"] = (codes.values, codes.indices, codes.counts)
+    out["steer"] = sae.steer(x, {3: 2.0, 400: 1.0}, keep_error=False)
+    return out
+
+
+def test_emulated_results_do_not_depend_on_the_schedule(emulator):
+    """A race between threads, or a read of a cp.async stage outside its window, makes results depend
+    on the order threads run in. Every schedule must give the default's results, bit for bit."""
+    results = []
+    try:
+        for seed, at_issue, greedy in SCHEDULES:
+            emulator.set_schedule_seed(seed)
+            emulator.set_copies_at_issue(at_issue)
+            emulator.set_warp_greedy(greedy)
+            with emulated_cuda(emulator, sm_count=1):   # few chunks: each CTA walks several tiles
+                results.append(_schedule_outputs(emulator))
+    finally:
+        emulator.set_schedule_seed(0)
+        emulator.set_copies_at_issue(False)
+        emulator.set_warp_greedy(False)
+    for schedule, got in zip(SCHEDULES[1:], results[1:]):
+        for name, want in results[0].items():
+            for a, b in zip(torch.utils._pytree.tree_leaves(got[name]), torch.utils._pytree.tree_leaves(want)):
+                assert torch.equal(a, b), f"{name} differs under schedule {schedule}"
+
+
+def test_emulated_ops_run_the_cuda_kernels(emulator):
+    """Guards the fixture: inside emulated_cuda the ops launch emulated kernels, outside they do not."""
+    x = randn(5, 16)
+    before = emulator.launches()
+    dev_sae("cpu", 16, 300, "topk", 8, torch.bfloat16)[0].encode(x)
+    assert emulator.launches() == before
+    with emulated_cuda(emulator):   # (an SAE made here: SAEs pack W_enc for the kernels they meet first)
+        dev_sae("cpu", 16, 300, "topk", 8, torch.bfloat16)[0].encode(x)
+    assert emulator.launches() == before + 2   # the fused encode, then the merge
+
+
+@pytest.mark.parametrize("wdtype", WDTYPES)
+def test_emulated_launches_fit_an_a100(emulator, wdtype):
+    """The largest fused encode (candidate buffer 256) within an A100's 163 KiB of shared memory; a
+    launch over the ceiling fails with the kernel's name instead of running, and the next works."""
+    x = randn(20, 64)
+    try:
+        emulator.set_smem_ceiling(163 * 1024)
+        emulator.reset_kernel_attributes()
+        with emulated_cuda(emulator):
+            sae, w = dev_sae("cpu", 64, 2000, "topk", 200, wdtype, seed=1)
+            ref, xr = reference_for(w, x)
+            check_topk_codes(sae.encode(x), ref, xr)
+        emulator.set_smem_ceiling(64 * 1024)
+        emulator.reset_kernel_attributes()
+        with emulated_cuda(emulator), pytest.raises(RuntimeError, match="encode_topk"):
+            dev_sae("cpu", 64, 2000, "topk", 200, wdtype, seed=1)[0].encode(x)
+        emulator.set_smem_ceiling(227 * 1024)
+        with emulated_cuda(emulator):   # the failed call's error does not leak into the next launch
+            check_topk_codes(dev_sae("cpu", 64, 2000, "topk", 200, wdtype, seed=1)[0].encode(x), ref, xr)
+    finally:
+        emulator.set_smem_ceiling(227 * 1024)
+        emulator.reset_kernel_attributes()
