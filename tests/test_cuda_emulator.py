@@ -154,3 +154,31 @@ def test_emulated_launches_fit_an_a100(emulator, wdtype):
     finally:
         emulator.set_smem_ceiling(227 * 1024)
         emulator.reset_kernel_attributes()
+
+
+# ---- out-of-bounds accesses: the kernels on the AddressSanitizer build ------------------------------
+
+@pytest.fixture(scope="module")
+def sanitized(emulator):
+    from cuda_emu import build, sanitized
+    if sanitized.runtime_libraries() is None:
+        pytest.skip("g++ has no AddressSanitizer runtime here")
+    build.build(sanitize="address")
+    return sanitized
+
+
+def test_the_sanitizer_catches_an_out_of_bounds_read(sanitized):
+    proc = sanitized.run(["-c", "import sys; sys.path.insert(0, 'tests'); from cuda_emu import build; "
+                                "build.load().selftest('read_past_end')"])
+    assert proc.returncode != 0 and "heap-buffer-overflow" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_kernels_stay_in_bounds_under_the_sanitizer(sanitized):
+    """A sample of the emulated kernel tests (every kernel family, odd sizes, bad indices) on the
+    sanitizer build; the whole emulated suite: python tests/cuda_emu/sanitized.py tests/test_cuda.py -k emulated."""
+    select = ("emulated and (test_topk_matches_reference and 1031-17 or test_topk_nan_rows or "
+              "test_threshold_rows_with_many_hits or test_threshold_nan_row or test_decode_matches_reference and 17 "
+              "or bad_index or test_sparse_dot_and_outer_match_dense and 13-7 or test_steer_odd_sizes)")
+    proc = sanitized.run(["-m", "pytest", "tests/test_cuda.py", "-q", "-x", "-p", "no:cacheprovider", "-k", select])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert " passed" in proc.stdout

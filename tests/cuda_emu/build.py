@@ -90,15 +90,20 @@ def _compile(cmd: list[str]) -> None:
         raise RuntimeError(f"cuda_emu: compile failed: {' '.join(cmd)}\n{proc.stderr[-6000:]}")
 
 
-def build(out_root: Optional[Path] = None, jobs: int = 2) -> Path:
-    """Compiles (unless cached) and returns the path of the emulated module."""
+def build(out_root: Optional[Path] = None, jobs: int = 2, sanitize: Optional[str] = None) -> Path:
+    """Compiles (unless cached) and returns the path of the emulated module. ``sanitize``: a g++
+    -fsanitize= value ("address": out-of-bounds reads and writes of the kernels show; the process
+    must preload the sanitizer's runtime), default $SAE_NATIVE_CUDA_EMU_SANITIZE."""
     import pybind11
+
+    sanitize = sanitize if sanitize is not None else os.environ.get("SAE_NATIVE_CUDA_EMU_SANITIZE", "")
+    extra = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"] if sanitize else []
 
     cuda_inc = cuda_include_dir()
     if cuda_inc is None:
         raise FileNotFoundError("cuda_emu: CUDA's headers were not found (set CUDA_HOME)")
     out_root = Path(out_root or os.environ.get("SAE_NATIVE_CUDA_EMU_BUILD", ROOT / "build" / "cuda_emu"))
-    out = out_root / _digest(cuda_inc)
+    out = out_root / (_digest(cuda_inc) + (f"-{sanitize}" if sanitize else ""))
     target = out / ("_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
     if target.is_file():
         return target
@@ -111,12 +116,12 @@ def build(out_root: Optional[Path] = None, jobs: int = 2) -> Path:
     units = [src / (p.name + ".cpp") for p in kernels] + [src / "bindings.cpp"] + sorted(HERE.glob("*.cpp"))
     flags = ["g++", "-std=c++17", "-O2", "-fPIC", "-w", "-DSAE_CUDA_EMULATOR",
              '-DSAE_NATIVE_CUDA_ARCHS="emulated"', f"-I{HERE / 'include'}", f"-I{CUDA_SRC}", f"-I{cuda_inc}",
-             f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+             f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"] + extra
     objects = [out / (u.stem + ".o") for u in units]
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         list(pool.map(_compile, [flags + ["-c", str(u), "-o", str(o)] for u, o in zip(units, objects)]))
     tmp = target.with_suffix(".tmp")
-    _compile(["g++", "-shared", "-o", str(tmp)] + [str(o) for o in objects])
+    _compile(["g++", "-shared", "-o", str(tmp)] + extra + [str(o) for o in objects])
     os.replace(tmp, target)
     return target
 

@@ -4,6 +4,10 @@
 #if !defined(__x86_64__)
 #include <ucontext.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #include <deque>
 #include <map>
@@ -104,7 +108,24 @@ struct ThreadFiber {
   int arg = 0;
   std::vector<Copy> open;                  // cp.async issued since the last commit
   std::deque<std::vector<Copy>> groups;    // committed, not yet waited for
+  void* asan_fake = nullptr;               // the fiber's fake stack while it is switched out
 };
+
+// AddressSanitizer (build.py's sanitize="address") must be told when execution moves to another
+// stack, and a reused fiber stack must be unpoisoned: no-ops in a normal build.
+#if defined(__SANITIZE_ADDRESS__)
+void asan_start_switch(void** fake_save, const void* bottom, size_t size) {
+  __sanitizer_start_switch_fiber(fake_save, bottom, size);
+}
+void asan_finish_switch(void* fake, const void** bottom_old, size_t* size_old) {
+  __sanitizer_finish_switch_fiber(fake, bottom_old, size_old);
+}
+void asan_unpoison(void* p, size_t n) { __asan_unpoison_memory_region(p, n); }
+#else
+void asan_start_switch(void**, const void*, size_t) {}
+void asan_finish_switch(void*, const void**, size_t*) {}
+void asan_unpoison(void*, size_t) {}
+#endif
 
 // The block being run on this OS thread.
 struct BlockRun {
@@ -116,6 +137,8 @@ struct BlockRun {
   std::vector<unsigned char> smem;
   const std::function<void()>* body = nullptr;
   std::string failure;  // set by a fiber that threw
+  const void* sched_bottom = nullptr;  // the scheduler's stack (learnt on the first switch, for ASan)
+  size_t sched_size = 0;
 };
 
 thread_local BlockRun* g_run = nullptr;
@@ -140,7 +163,9 @@ void suspend(Wait w) {
   BlockRun& r = run();
   ThreadFiber* f = r.current;
   f->wait = w;
+  asan_start_switch(&f->asan_fake, r.sched_bottom, r.sched_size);
   switch_context(f->ctx, r.scheduler);
+  asan_finish_switch(f->asan_fake, &r.sched_bottom, &r.sched_size);
 }
 
 void land(const Copy& c) {
@@ -151,6 +176,7 @@ void land(const Copy& c) {
 
 void fiber_entry() {
   BlockRun& r = *g_run;
+  asan_finish_switch(nullptr, &r.sched_bottom, &r.sched_size);
   try {
     (*r.body)();
     if (!r.current->open.empty() || !r.current->groups.empty())
@@ -161,6 +187,7 @@ void fiber_entry() {
     if (r.failure.empty()) r.failure = e;
   }
   r.current->wait = Wait::done;
+  asan_start_switch(nullptr, r.sched_bottom, r.sched_size);  // this stack is done with
   switch_context(r.current->ctx, r.scheduler);
 }
 
@@ -229,7 +256,10 @@ bool try_collective(BlockRun& r, size_t w, size_t leader, bool stalled) {
 
 void resume(BlockRun& r, ThreadFiber& f) {
   r.current = &f;
+  void* fake = nullptr;
+  asan_start_switch(&fake, f.stack.get(), kStackBytes);
   switch_context(r.scheduler, f.ctx);
+  asan_finish_switch(fake, nullptr, nullptr);
   if (!r.failure.empty()) throw std::runtime_error("emulator: kernel failed: " + r.failure);
 }
 
@@ -250,6 +280,7 @@ bool resolve_warp(BlockRun& r, size_t w) {
 void run_block(BlockRun& r, std::mt19937_64& rng) {
   const size_t threads = r.fibers.size(), warps = (threads + 31) / 32;
   for (ThreadFiber& f : r.fibers) {
+    asan_unpoison(f.stack.get(), kStackBytes);  // frames the previous block left behind
     make_context(f.ctx, f.stack.get(), kStackBytes, fiber_entry);
     f.wait = Wait::running;
     f.open.clear();

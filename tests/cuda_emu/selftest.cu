@@ -70,6 +70,9 @@ __global__ void big_smem_kernel(int64_t* out) {
   out[threadIdx.x] = smem[(threadIdx.x + 1) % blockDim.x];
 }
 
+// Thread t copies in[t + 1]: the last thread reads one element past the buffer (AddressSanitizer).
+__global__ void read_past_end_kernel(const int* in, int64_t* out) { out[threadIdx.x] = in[threadIdx.x + 1]; }
+
 void check(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
@@ -91,7 +94,10 @@ std::vector<int64_t> emu_selftest(const std::string& name, size_t smem_bytes, bo
   else if (name == "publish_barrier") publish_kernel<<<1, 64, 16>>>(out.data(), true);
   else if (name == "cp_async") cp_async_kernel<<<1, 64, 16>>>(aligned_in, out.data(), true);
   else if (name == "cp_async_no_wait") cp_async_kernel<<<1, 64, 16>>>(aligned_in, out.data(), false);
-  else if (name == "big_smem") {
+  else if (name == "read_past_end") {
+    std::vector<int> in(64, 3);
+    read_past_end_kernel<<<1, 64>>>(in.data(), out.data());
+  } else if (name == "big_smem") {
     if (set_limit) {
       const cudaError_t err =
           cudaFuncSetAttribute(big_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
