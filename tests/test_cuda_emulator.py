@@ -97,6 +97,10 @@ def _schedule_outputs(lib):
     codes = sae.encode(x)
     out["threshold"] = (codes.values, codes.indices, codes.counts)
     out["steer"] = sae.steer(x, {3: 2.0, 400: 1.0}, keep_error=False)
+    clamp = {f: 0.5 + f % 5 for f in range(0, 2200, 2)}   # 1100 features: two rounds of deltas
+    for activation in ("jumprelu", "topk"):
+        sae, _ = dev_sae("cpu", 16, 2200, activation, 16, seed=6)
+        out[f"steer {activation}, 2 rounds"] = sae.steer(randn(9, 16, seed=7), clamp)
     return out
 
 
