@@ -24,6 +24,14 @@ def test_ballot_and_shuffles(emulator):
     assert xored == [lane ^ 1 for lane in lanes]
 
 
+def test_wmma_product_and_alignment_rule(emulator):
+    a = torch.tensor([[i + 2 * k for k in range(16)] for i in range(16)])
+    b = torch.tensor([[k - j for j in range(16)] for k in range(16)])
+    assert emulator.selftest("wmma") == (a @ b).flatten().tolist()
+    with pytest.raises(RuntimeError, match="256-bit aligned"):
+        emulator.selftest("wmma_misaligned")
+
+
 @pytest.mark.parametrize("name", ["divergent_ballot", "collective_vs_barrier"])
 @pytest.mark.parametrize("greedy", [False, True])
 def test_divergent_collectives_fail_the_launch(emulator, name, greedy):

@@ -9,6 +9,7 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <memory>
@@ -134,7 +135,10 @@ struct BlockRun {
   ThreadFiber* current = nullptr;
   uint3 bid;
   dim3 bdim, gdim;
-  std::vector<unsigned char> smem;
+  // Dynamic shared memory: 128-byte aligned like the hardware's, sized to the launch (rounded up
+  // to 128 bytes) so that AddressSanitizer sees an access past it.
+  std::unique_ptr<unsigned char, decltype(&std::free)> smem{nullptr, &std::free};
+  size_t smem_bytes = 0;
   const std::function<void()>* body = nullptr;
   std::string failure;  // set by a fiber that threw
   const void* sched_bottom = nullptr;  // the scheduler's stack (learnt on the first switch, for ASan)
@@ -334,7 +338,7 @@ const uint3& thread_idx() { return run().current->tid; }
 const uint3& block_idx() { return run().bid; }
 const dim3& block_dim() { return run().bdim; }
 const dim3& grid_dim() { return run().gdim; }
-unsigned char* dynamic_smem() { return run().smem.data(); }
+unsigned char* dynamic_smem() { return run().smem.get(); }
 
 void sync_threads() { suspend(Wait::block_barrier); }
 
@@ -353,7 +357,7 @@ uint64_t warp_collective(Collective op, unsigned mask, uint64_t value, int arg) 
 void cp_async16(void* smem, const void* gmem, bool pred) {
   BlockRun& r = run();
   const auto* s = static_cast<const unsigned char*>(smem);
-  if (s < r.smem.data() || s + 16 > r.smem.data() + r.smem.size())
+  if (s < r.smem.get() || s + 16 > r.smem.get() + r.smem_bytes)
     throw std::runtime_error("emulator: cp.async destination outside the block's dynamic shared memory");
   if (reinterpret_cast<uintptr_t>(smem) % 16 != 0 || (pred && reinterpret_cast<uintptr_t>(gmem) % 16 != 0))
     throw std::runtime_error("emulator: cp.async of 16 bytes needs 16-byte aligned addresses");
@@ -401,7 +405,8 @@ cudaError_t run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem, con
   r.bdim = block;
   r.gdim = grid;
   r.body = &body;
-  r.smem.resize(smem + 16);
+  r.smem_bytes = smem;
+  r.smem.reset(static_cast<unsigned char*>(std::aligned_alloc(128, std::max<size_t>(128, (smem + 127) / 128 * 128))));
   std::mt19937_64 rng(g_seed);
   BlockRun* outer = g_run;
   g_run = &r;
@@ -410,7 +415,7 @@ cudaError_t run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem, con
       for (unsigned y = 0; y < grid.y; ++y)
         for (unsigned x = 0; x < grid.x; ++x) {
           r.bid = uint3{x, y, z};
-          std::fill(r.smem.begin(), r.smem.end(), static_cast<unsigned char>(0xFF));
+          std::memset(r.smem.get(), 0xFF, smem);
           run_block(r, rng);
         }
   } catch (const std::exception& e) {

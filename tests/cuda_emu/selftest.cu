@@ -3,6 +3,7 @@
 // barrier, a cp.async read before its wait, copies left pending, shared-memory over the limits.
 // Compiled only into the emulated module, through the same rewrite as the real kernels.
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <cstdint>
 #include <stdexcept>
@@ -73,6 +74,30 @@ __global__ void big_smem_kernel(int64_t* out) {
 // Thread t copies in[t + 1]: the last thread reads one element past the buffer (AddressSanitizer).
 __global__ void read_past_end_kernel(const int* in, int64_t* out) { out[threadIdx.x] = in[threadIdx.x + 1]; }
 
+// One warp: D = A B for A[i][k] = i + 2k, B[k][j] = k - j (small integers: exact in half and fp32),
+// stored row-major at `offset` floats into shared memory; out = D row-major (the test knows D).
+__global__ void wmma_kernel(int64_t* out, int offset) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __half* a = reinterpret_cast<__half*>(smem);
+  __half* b = a + 256;
+  float* d = reinterpret_cast<float*>(b + 256) + offset;
+  for (int e = threadIdx.x; e < 256; e += 32) {
+    a[e] = __float2half(float(e / 16 + 2 * (e % 16)));
+    b[e] = __float2half(float(e / 16 - e % 16));
+  }
+  __syncwarp();
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> fa;
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::row_major> fb;
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> fc;
+  nvcuda::wmma::fill_fragment(fc, 0.0f);
+  nvcuda::wmma::load_matrix_sync(fa, a, 16);
+  nvcuda::wmma::load_matrix_sync(fb, b, 16);
+  nvcuda::wmma::mma_sync(fc, fa, fb, fc);
+  nvcuda::wmma::store_matrix_sync(d, fc, 16, nvcuda::wmma::mem_row_major);
+  __syncwarp();
+  for (int e = threadIdx.x; e < 256; e += 32) out[e] = int64_t(d[e]);
+}
+
 void check(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
@@ -82,7 +107,7 @@ void check(const char* what) {
 
 // Runs one self-test kernel with 64 threads and returns what it wrote (int64 per slot).
 std::vector<int64_t> emu_selftest(const std::string& name, size_t smem_bytes, bool set_limit) {
-  std::vector<int64_t> out(192, -7);
+  std::vector<int64_t> out(256, -7);
   static const int in[4] = {11, 12, 13, 14};
   alignas(16) static int aligned_in[4];
   std::copy(in, in + 4, aligned_in);
@@ -94,6 +119,8 @@ std::vector<int64_t> emu_selftest(const std::string& name, size_t smem_bytes, bo
   else if (name == "publish_barrier") publish_kernel<<<1, 64, 16>>>(out.data(), true);
   else if (name == "cp_async") cp_async_kernel<<<1, 64, 16>>>(aligned_in, out.data(), true);
   else if (name == "cp_async_no_wait") cp_async_kernel<<<1, 64, 16>>>(aligned_in, out.data(), false);
+  else if (name == "wmma") wmma_kernel<<<1, 32, 4096>>>(out.data(), 0);
+  else if (name == "wmma_misaligned") wmma_kernel<<<1, 32, 4096>>>(out.data(), 4);  // 16 bytes off
   else if (name == "read_past_end") {
     std::vector<int> in(64, 3);
     read_past_end_kernel<<<1, 64>>>(in.data(), out.data());

@@ -32,6 +32,14 @@ inline float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 inline float as_float(__half v) { return __half2float(v); }
 
 inline void converge() { ::emu::warp_collective(::emu::Collective::wmma, 0xFFFFFFFFu, 0, 0); }
+
+// The WMMA API's rules for the memory side: a 256-bit aligned pointer, and a leading dimension that
+// is a multiple of 16 bytes (8 elements of 16 bits, 4 of 32). The hardware's behaviour otherwise is
+// undefined; here it is an error.
+template <class T> void check_operand(const T* p, unsigned ldm) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) throw "emulator: wmma pointer not 256-bit aligned";
+  if ((ldm * sizeof(T)) % 16 != 0) throw "emulator: wmma leading dimension not a multiple of 16 bytes";
+}
 inline int lane() { return int(::emu::thread_idx().x % 32); }
 }  // namespace detail
 
@@ -51,6 +59,7 @@ void fill_fragment(fragment<Use, M, N, K, T, L>& f, T v) {
 template <class Use, int M, int N, int K, class T, class L>
 void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm) {
   detail::converge();
+  detail::check_operand(p, ldm);
   using F = fragment<Use, M, N, K, T, L>;
   for (int r = 0; r < F::rows; ++r)
     for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = F::col_layout ? p[c * ldm + r] : p[r * ldm + c];
@@ -59,6 +68,7 @@ void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm)
 template <int M, int N, int K, class T>
 void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const T* p, unsigned ldm, layout_t layout) {
   detail::converge();
+  detail::check_operand(p, ldm);
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c) f.x[r * N + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
 }
@@ -66,6 +76,7 @@ void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const T* p, unsigned
 template <int M, int N, int K, class T>
 void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
   detail::converge();
+  detail::check_operand(p, ldm);
   for (int e = detail::lane(); e < M * N; e += 32) {
     const int r = e / N, c = e % N;
     (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[e];
