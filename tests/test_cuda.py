@@ -7,7 +7,8 @@ Every test taking ``dev`` runs twice:
   runs these on a GPU session.
 - ``emulated``: the same kernel sources built for the CPU emulator (tests/cuda_emu), registered as
   the CPU kernels of every op, on CPU tensors: real coverage of the kernels' logic, indexing and
-  synchronisation on a machine without a GPU (skips only without CUDA's headers).
+  synchronisation on a machine without a GPU (skips only without CUDA's headers). Every buffer a
+  kernel writes starts as NaN / junk keys there, as the GPU half poisons the caching allocator.
 """
 import contextlib
 import math

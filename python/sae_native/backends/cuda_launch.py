@@ -39,6 +39,14 @@ class Runtime:
     stream: int         # cudaStream_t as an integer (0: the legacy default stream)
     sm_count: int       # multiprocessors to fill (the encode grid's chunking)
     index_check: bool   # read back the kernels' out-of-range index reports (synchronises)
+    poison: bool = False  # fill every buffer the kernels write with junk first (tests: unwritten shows)
+
+    def empty(self, *shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A buffer for the kernels to fill: uninitialised, or with ``poison`` NaN / a large key."""
+        t = torch.empty(*shape, dtype=dtype, device=device)
+        if self.poison:
+            t.fill_(float("nan") if dtype.is_floating_point else 0x5A5A5A5A5A5A5A5A)
+        return t
 
 
 def _ptr(t: Optional[Tensor]) -> int:
@@ -103,12 +111,12 @@ def encode_topk(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Opt
         return cuda_dense.encode_topk(_dense_input(x, b_dec, W_enc), W_enc, b_enc, k)
     W = _weights("encode_topk", W_enc, packed)
     u = _encoder_input(x, b_dec, W)
-    cand = torch.empty(n, plan.candidates, dtype=torch.int64, device=x.device)   # uint64 keys
+    cand = rt.empty(n, plan.candidates, dtype=torch.int64, device=x.device)   # uint64 keys
     rt.lib.encode_topk(dtype_code(W.dtype), n, d_in, d_sae, u.data_ptr(), W.data_ptr(), b_enc.data_ptr(), k,
                        plan.cap, plan.grid.chunk_latents, plan.grid.chunks, cand.data_ptr(), _vec_ok(u, W),
                        rt.stream)
-    values = torch.empty(n, k, dtype=T, device=x.device)
-    indices = torch.empty(n, k, dtype=torch.int64, device=x.device)
+    values = rt.empty(n, k, dtype=T, device=x.device)
+    indices = rt.empty(n, k, dtype=torch.int64, device=x.device)
     rt.lib.sort_rows(n, cand.data_ptr(), plan.candidates, plan.candidates, 0, plan.sort_size, k, True,
                      values.data_ptr(), indices.data_ptr(), rt.stream)
     return values, indices
@@ -131,7 +139,7 @@ def encode_threshold(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec
     cap = cuda_plan.threshold_cap(d_sae)
     while True:
         counts = torch.zeros(n, dtype=torch.int64, device=x.device)
-        hits = torch.empty(n, cap, dtype=torch.int64, device=x.device)   # uint64 keys
+        hits = rt.empty(n, cap, dtype=torch.int64, device=x.device)   # uint64 keys
         rt.lib.encode_threshold(dtype_code(W.dtype), n, d_in, d_sae, u.data_ptr(), W.data_ptr(), b_enc.data_ptr(),
                                 _ptr(threshold), cap, grid.chunk_latents, grid.chunks, counts.data_ptr(),
                                 hits.data_ptr(), _vec_ok(u, W), rt.stream)
@@ -143,8 +151,8 @@ def encode_threshold(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec
     if size > cuda_plan.SORT_MAX:
         values, indices = cuda_keys.sort_keys(hits, counts, width)
         return values.to(T), indices, counts
-    values = torch.empty(n, width, dtype=T, device=x.device)
-    indices = torch.empty(n, width, dtype=torch.int64, device=x.device)
+    values = rt.empty(n, width, dtype=T, device=x.device)
+    indices = rt.empty(n, width, dtype=torch.int64, device=x.device)
     rt.lib.sort_rows(n, hits.data_ptr(), cap, width, counts.data_ptr(), size, width, False, values.data_ptr(),
                      indices.data_ptr(), rt.stream)
     return values, indices, counts
@@ -160,7 +168,7 @@ def _decode_into(rt: Runtime, out: Tensor, values: Tensor, indices: Tensor, W_de
 
 
 def decode(rt: Runtime, values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tensor]) -> Tensor:
-    out = torch.empty(values.shape[0], W_dec.shape[1], dtype=values.dtype, device=values.device)
+    out = rt.empty(values.shape[0], W_dec.shape[1], dtype=values.dtype, device=values.device)
     report = _IndexReport(rt, values.device)
     _decode_into(rt, out, values, indices, W_dec, b_dec, report)
     report.raise_if_any("decode", W_dec.shape[0])
@@ -170,7 +178,7 @@ def decode(rt: Runtime, values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: O
 def sparse_dot(rt: Runtime, g: Tensor, indices: Tensor, W: Tensor) -> Tensor:
     n, k = indices.shape
     rows, d = W.shape
-    out = torch.empty(n, k, dtype=g.dtype, device=g.device)
+    out = rt.empty(n, k, dtype=g.dtype, device=g.device)
     report = _IndexReport(rt, g.device)
     rt.lib.sparse_dot(dtype_code(g.dtype), dtype_code(W.dtype), n, k, g.data_ptr(), indices.data_ptr(),
                       W.data_ptr(), rows, d, W.stride(0), W.stride(1), out.data_ptr(), report.ptr, rt.stream)
@@ -196,8 +204,8 @@ def steer_threshold(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec:
     n, d_in = x.shape
     T = x.dtype
     count = features.shape[0]
-    y = torch.empty_like(x)
-    z = torch.empty(n, count, dtype=T, device=x.device)
+    y = rt.empty(*x.shape, dtype=x.dtype, device=x.device)
+    z = rt.empty(n, count, dtype=T, device=x.device)
     # Only the clamped features' columns and rows, gathered once per call ([count, d_in]).
     enc_cols = W_enc[:, features].t().to(T).contiguous()
     dec_rows = W_dec[features].to(T).contiguous()
@@ -215,8 +223,8 @@ def steer_codes(rt: Runtime, x: Tensor, values: Tensor, indices: Tensor, W_dec: 
     d_sae, d_in = W_dec.shape
     T = x.dtype
     count = features.shape[0]
-    y = torch.empty_like(x)
-    z = torch.empty(n, count, dtype=T, device=x.device)
+    y = rt.empty(*x.shape, dtype=x.dtype, device=x.device)
+    z = rt.empty(n, count, dtype=T, device=x.device)
     dec_rows = W_dec[features].to(T).contiguous()
     report = _IndexReport(rt, x.device)
     if keep_error:
