@@ -69,7 +69,8 @@ def rewrite_bindings(text: str) -> str:
 def _inputs() -> list[Path]:
     files = [CUDA_SRC / n for n in KERNEL_SOURCES + [BINDINGS]]
     files += sorted(CUDA_SRC.glob("*.h")) + sorted(CUDA_SRC.glob("*.cuh"))
-    files += sorted(HERE.glob("*.cpp")) + sorted(HERE.glob("*.cu")) + sorted((HERE / "include").glob("*.h"))
+    files += sorted(HERE.glob("*.cpp")) + sorted(HERE.glob("*.cu")) + sorted(HERE.glob("*.h"))
+    files += sorted((HERE / "include").glob("*.h"))
     files.append(Path(__file__))
     return files
 
