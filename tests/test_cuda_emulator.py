@@ -6,6 +6,7 @@ CUDA kernels under every schedule it offers, and launch limits as on an A100.
 import pytest
 import torch
 
+import sae_native as sn
 from cuda_emu.backend import emulated_cuda
 from helpers import check_topk_codes, randn
 from test_cuda import WDTYPES, dev_sae, reference_for
@@ -194,3 +195,37 @@ def test_kernels_stay_in_bounds_under_the_sanitizer(sanitized):
     proc = sanitized.run(["-m", "pytest", "tests/test_cuda.py", "-q", "-x", "-p", "no:cacheprovider", "-k", select])
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert " passed" in proc.stdout
+
+
+# ---- when the CUDA backend reads back its index check ----------------------------------------------
+
+def test_index_readback_only_for_codes_from_outside(emulator, monkeypatch):
+    """The count of out-of-range indices is read back (on a GPU: a synchronisation) for codes a
+    user hands in, and not for the package's own: forward, steering from fresh codes, training's
+    backward. Bad indices from outside still raise."""
+    from sae_native.backends import cuda_launch
+    reads = []
+    real = cuda_launch._IndexReport.raise_if_any
+
+    def spy(self, op, rows):
+        if self.t is not None:
+            reads.append(op)
+        return real(self, op, rows)
+
+    monkeypatch.setattr(cuda_launch._IndexReport, "raise_if_any", spy)
+    with emulated_cuda(emulator):
+        sae, _ = dev_sae("cpu", 16, 300, "topk", 8)
+        x = randn(5, 16)
+        sae(x)
+        sae.steer(x, {3: 2.0}, keep_error=False)
+        params = [p.detach().clone().requires_grad_(True) for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
+        y = sn.functional.reconstruct(x, *params, activation="topk", k=8)
+        y.square().sum().backward()
+        assert reads == [] and params[0].grad is not None
+        codes = sae.encode(x)
+        sae.decode(codes)
+        assert reads == ["decode"]
+        bad = codes.indices.clone()
+        bad[0, 0] = 300
+        with pytest.raises(ValueError, match="out of range"):
+            sn.functional.decode(codes.values, bad, sae.W_dec, sae.b_dec)

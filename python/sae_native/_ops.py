@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from . import _steer_math
+from ._known_valid import known_valid_fn
 
 __all__ = [
     "encode_topk",
@@ -102,6 +103,7 @@ def _encode_setup(ctx, inputs, output):
     ctx.b_enc_meta = (inputs[2].shape, inputs[2].dtype)
 
 
+@known_valid_fn
 def _encode_backward(ctx, g_values, *_unused):
     # values = relu(pre) at the selected latents; the selection itself is piecewise constant.
     x, W_enc, b_dec, values, indices = ctx.saved_tensors
@@ -153,6 +155,7 @@ def _decode_setup(ctx, inputs, output):
     ctx.b_dec_dtype = None if b_dec is None else b_dec.dtype
 
 
+@known_valid_fn
 def _decode_backward(ctx, g):
     values, indices, W_dec = ctx.saved_tensors
     need = ctx.needs_input_grad
@@ -251,6 +254,7 @@ def _steer_codes_setup(ctx, inputs, output):
     ctx.b_dec_dtype = None if b_dec is None else b_dec.dtype
 
 
+@known_valid_fn
 def _steer_codes_backward(ctx, g_y, g_z):
     values, indices, W_dec, features, targets, z = ctx.saved_tensors
     need = ctx.needs_input_grad

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from . import _ops
 from ._clamp import check_mode, parse_clamp
+from ._known_valid import call_known_valid
 from ._weights import SAEWeights
 from .codes import SparseCodes
 
@@ -111,7 +112,8 @@ def decode_with(w: SAEWeights, codes) -> Tensor:
 
 
 def reconstruct_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None) -> Tensor:
-    return decode_with(w, encode_with(w, x, packed)).to(x.dtype)
+    codes = encode_with(w, x, packed)
+    return call_known_valid(decode_with, w, codes).to(x.dtype)   # the encode's own: no GPU read-back
 
 
 def steer_with(w: SAEWeights, x: Tensor, clamp, *, mode: str = "set", keep_error: bool = True,
@@ -129,8 +131,8 @@ def steer_with(w: SAEWeights, x: Tensor, clamp, *, mode: str = "set", keep_error
     else:
         codes = encode_with(w, xn, packed) if scale is None else \
             encode_with(dataclasses.replace(w, normalize="none"), xn, packed)
-        y, _ = _ops.steer_codes(xn, codes.values, codes.indices, w.W_dec, w.b_dec, features, targets, mode,
-                                only_active, keep_error)
+        y, _ = call_known_valid(_ops.steer_codes, xn, codes.values, codes.indices, w.W_dec, w.b_dec, features,
+                                targets, mode, only_active, keep_error)
     if scale is not None:
         # Back to the input's space: the change is scaled; without keep_error the shift comes back.
         y = x2 + (y - xn) * scale if keep_error else _denormalize(y, shift, scale)

@@ -29,7 +29,7 @@ def _register_cpu_kernels() -> None:
 @contextlib.contextmanager
 def emulated_cuda(lib, sm_count: int = H100_SMS) -> Iterator[cuda.Kernels]:
     def runtime(device: torch.device) -> Runtime:
-        return Runtime(lib, 0, sm_count, cuda.index_check_enabled(), poison=True)
+        return Runtime(lib, 0, sm_count, cuda.index_check_wanted(), poison=True)
 
     kernels = cuda.Kernels(OpChecks("cpu", "CPU"), runtime, lambda device: contextlib.nullcontext())
     pack = backends._pack_cpu

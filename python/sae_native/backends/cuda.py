@@ -6,8 +6,9 @@ differ from the CPU's and when they synchronise.
 
 ``Kernels`` is parameterised by device so the tests can also register it for CPU tensors with the
 CPU emulator's build of the kernels (tests/cuda_emu): the same checks and launch sequences run.
-The kernels' count of out-of-range indices is read back (a synchronisation) unless a CUDA graph is
-being captured or ``SAE_NATIVE_CUDA_INDEX_CHECK=0``.
+The kernels' count of out-of-range indices is read back (a synchronisation) unless the indices are
+the package's own (``_known_valid.py``: an encode's codes decoded or steered at once, backward
+passes), a CUDA graph is being captured, or ``SAE_NATIVE_CUDA_INDEX_CHECK=0``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Callable, ContextManager
 
 import torch
 
+from .._known_valid import known_valid
 from . import cuda_launch as launch
 from ._checks import OpChecks, groupmax_k, topk_k
 
@@ -91,14 +93,16 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def index_check_enabled() -> bool:
-    return os.environ.get("SAE_NATIVE_CUDA_INDEX_CHECK", "1") != "0"
+def index_check_wanted() -> bool:
+    """Read back the kernels' out-of-range index count (a synchronisation)? Not for indices the
+    package made itself (``_known_valid.py``), nor with SAE_NATIVE_CUDA_INDEX_CHECK=0."""
+    return os.environ.get("SAE_NATIVE_CUDA_INDEX_CHECK", "1") != "0" and not known_valid()
 
 
 def _gpu_runtime(device: torch.device) -> launch.Runtime:
     """sae_native._cuda on torch's current stream of ``device`` (inside torch.cuda.device)."""
     from .. import _cuda
-    check = index_check_enabled() and not torch.cuda.is_current_stream_capturing()
+    check = index_check_wanted() and not torch.cuda.is_current_stream_capturing()
     return launch.Runtime(_cuda, torch.cuda.current_stream(device).cuda_stream, _sm_count(device.index), check)
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _ops
+from .._known_valid import call_known_valid
 from .. import functional as F
 from .._weights import SAEWeights
 from ..stats import FeatureStats
@@ -110,7 +111,7 @@ class Trainer:
             band = (theta - cfg.bandwidth / 2).detach()
             values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, band, None)
             z = JumpReLUCodes.apply(values, indices, theta, cfg.bandwidth)
-        x_hat = _ops.decode(z, indices, W_dec, self.b_dec)
+        x_hat = call_known_valid(_ops.decode, z, indices, W_dec, self.b_dec)   # the encode's own codes
         err = xs - x_hat
         recon = err.pow(2).sum(-1).mean() / self.d_in
         loss = recon
@@ -132,7 +133,7 @@ class Trainer:
             b_aux = torch.where(dead, self.b_enc, torch.full_like(self.b_enc, -math.inf))
             v_aux, i_aux = _ops.encode_topk(xs, W_enc, b_aux, self.b_dec, k_aux, None)
             e = err.detach()
-            e_hat = _ops.decode(v_aux, i_aux, W_dec, None)
+            e_hat = call_known_valid(_ops.decode, v_aux, i_aux, W_dec, None)
             denom = (e - e.mean(0)).pow(2).sum(-1).mean()
             if float(denom) > 0:
                 aux = (e - e_hat).pow(2).sum(-1).mean() / denom
