@@ -220,8 +220,7 @@ class Steering(SiteHook):
     def on_forward(self, hidden, kwargs):
         steer = lambda x: self.sae.steer(x, self.clamp, mode=self.mode, keep_error=self.keep_error,  # noqa: E731
                                          where=self.where)
-        if self.which == "all":
-            self.tracker.prompt_mask(hidden, kwargs)
+        if self.which == "all":   # no prompt tracking: it reads positions back (a GPU sync) per forward
             return steer(hidden)
         mask = self.tracker.prompt_mask(hidden, kwargs)
         if self.which == "generated":
