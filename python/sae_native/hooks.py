@@ -191,10 +191,14 @@ class _PromptTracker:
             pos = kwargs.get("cache_position")
         if isinstance(pos, Tensor) and hidden.dim() == 3 and pos.shape[-1] == lead[-1]:
             pos = pos.to(hidden.device).expand(lead)
-            if bool((pos.min(dim=1).values == 0).all()):      # a new prompt (padding sits at 0 or 1)
-                self.prompt_len = pos.max(dim=1).values + 1
-            elif self.prompt_len is None or self.prompt_len.shape[0] != lead[0]:
-                self.prompt_len = torch.zeros(lead[0], dtype=pos.dtype, device=pos.device)  # joined mid-way
+            # Decided on the device (no read-back): a forward whose rows all start at position 0 is
+            # a new prompt (padding sits at 0 or 1); otherwise the last prompt's lengths hold, or
+            # zeros when the hook joined mid-way.
+            new_prompt = (pos.min(dim=1).values == 0).all()
+            last = self.prompt_len
+            if last is None or last.shape != (lead[0],) or last.device != pos.device:
+                last = torch.zeros(lead[0], dtype=pos.dtype, device=pos.device)
+            self.prompt_len = torch.where(new_prompt, pos.max(dim=1).values + 1, last)
             return pos < self.prompt_len[:, None]
         seq = lead[-1] if len(lead) >= 1 else 1
         if seq > 1 or self.prompt_len is None:
@@ -225,13 +229,9 @@ class Steering(SiteHook):
         mask = self.tracker.prompt_mask(hidden, kwargs)
         if self.which == "generated":
             mask = ~mask
-        if bool(mask.all()):
-            return steer(hidden)
-        if not bool(mask.any()):
-            return None
-        out = hidden.clone()
-        out[mask] = steer(hidden[mask])
-        return out
+        # Every position steered, then the mask picks: no read-back of the mask (a GPU sync), at
+        # the price of steering the positions left alone (one prefill; a generated token is one).
+        return torch.where(mask[..., None], steer(hidden), hidden)
 
 
 # ---- the public functions ----------------------------------------------------------------------
