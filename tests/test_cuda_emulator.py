@@ -3,6 +3,8 @@ give the hardware's results, and the bugs it is there to expose do show (diverge
 missing barrier, reading a cp.async stage before its wait, shared memory over the limits). Then the
 CUDA kernels under every schedule it offers, and launch limits as on an A100.
 """
+import contextlib
+
 import pytest
 import torch
 
@@ -229,3 +231,49 @@ def test_index_readback_only_for_codes_from_outside(emulator, monkeypatch):
         bad[0, 0] = 300
         with pytest.raises(ValueError, match="out of range"):
             sn.functional.decode(codes.values, bad, sae.W_dec, sae.b_dec)
+
+
+@contextlib.contextmanager
+def host_readbacks():
+    """Records every Python-level read of a tensor's values into the host (on a GPU each is a
+    synchronisation): int(), bool(), float(), .item(), .tolist()."""
+    calls = []
+    names = ["__int__", "__bool__", "__float__", "__index__", "item", "tolist"]
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+
+    def spy(name, real):
+        def method(self, *args, **kwargs):
+            calls.append(name)
+            return real(self, *args, **kwargs)
+        return method
+
+    for name, real in saved.items():
+        setattr(torch.Tensor, name, spy(name, real))
+    try:
+        yield calls
+    finally:
+        for name, real in saved.items():
+            setattr(torch.Tensor, name, real)
+
+
+@pytest.mark.parametrize("activation", ["topk", "jumprelu"])
+def test_reconstruction_and_steering_read_nothing_back(emulator, activation):
+    """Steering (both paths), the steering hook in every position mode and a TopK sae(x) run with
+    no value read back to the host: on a GPU, no synchronisation per call or generated token. (A
+    threshold encode does read its width back: JumpReLU's sae(x) is left out.)"""
+    with emulated_cuda(emulator):
+        sae, _ = dev_sae("cpu", 16, 300, activation, 8)
+        clamp = sae.parse_clamp({3: 2.0, 250: 0.5})
+        x = randn(2, 5, 16)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 16))
+        hooks = [sn.steer(model, "0", sae, clamp, positions=p) for p in ("all", "prompt", "generated")]
+        sae(x), sae.steer(x, clamp)   # warm-up: first calls may set things up
+        with host_readbacks() as calls:
+            sae.steer(x, clamp)                      # jumprelu: the O(|C| d_in) threshold path
+            if activation == "topk":
+                sae(x)
+                sae.steer(x, clamp, keep_error=False)   # steering from fresh codes
+            for hook in hooks:
+                with hook:
+                    model(x)
+        assert calls == []
