@@ -121,3 +121,22 @@ def test_functional_steer_matches_sae():
     sae = sn.SAE(**w)
     x = randn(4, 12)
     assert torch.equal(sae.steer(x, {5: 3.0}, mode="add"), sn.functional.steer(x, **w, clamp={5: 3.0}, mode="add"))
+
+
+@pytest.mark.parametrize("activation, keep_error", [("jumprelu", True), ("topk", True), ("topk", False)])
+def test_a_parsed_clamp_made_or_changed_by_hand_is_checked_again(activation, keep_error):
+    # SAE.steer skips re-checking parse_clamp's output (on a GPU the check is a synchronisation per
+    # call); a ParsedClamp built by hand, or edited in place after parsing, is checked as any clamp.
+    from sae_native._clamp import ParsedClamp
+    sae, _ = make_pair(16, 40, activation, 4)
+    x = randn(3, 16)
+    with pytest.raises(ValueError, match=r"out of range \[0, d_sae=40\)"):
+        sae.steer(x, ParsedClamp(torch.tensor([40]), torch.tensor([1.0])), keep_error=keep_error)
+    parsed = sae.parse_clamp({3: 1.0, 7: 2.0})
+    sae.steer(x, parsed, keep_error=keep_error)
+    parsed.features[1] = -2
+    with pytest.raises(ValueError, match="out of range"):
+        sae.steer(x, parsed, keep_error=keep_error)
+    parsed.features[1] = 3
+    with pytest.raises(ValueError, match="distinct"):
+        sae.steer(x, parsed, keep_error=keep_error)

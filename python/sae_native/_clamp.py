@@ -6,9 +6,10 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ._steer_math import MODES
-from ._weights import can_read_values
+from ._weights import can_read_values, tensor_version
 
 WHERE = ("always", "active")
 
@@ -24,6 +25,22 @@ def _feature_id(f, d_sae: int) -> int:
     if not 0 <= f < d_sae:
         raise ValueError(f"clamp: feature {f} is out of range [0, d_sae={d_sae})")
     return f
+
+
+# Feature tensors whose range parse_clamp has checked, with the tensor's version then and the
+# d_sae it was checked against. The ops' own range check reads the features back (on a GPU, a
+# synchronisation per steering call); for these it is skipped. A version bump (an in-place edit)
+# or another d_sae means checking again.
+_CHECKED = WeakIdKeyDictionary()
+
+
+def _mark_checked(features: Tensor, d_sae: int) -> None:
+    _CHECKED[features] = (tensor_version(features), d_sae)
+
+
+def features_checked(features: Tensor, d_sae: int) -> bool:
+    """True if parse_clamp checked exactly this tensor, unchanged since, against this d_sae."""
+    return _CHECKED.get(features) == (tensor_version(features), d_sae)
 
 
 class ParsedClamp(NamedTuple):
@@ -65,7 +82,10 @@ def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device, feature_max: Opti
     and in ``[0, d_sae)``; values finite. Tensor values keep their autograd history.
     """
     if isinstance(clamp, ParsedClamp):
-        return clamp.to(device, dtype)
+        parsed = clamp.to(device, dtype)
+        if not features_checked(parsed.features, d_sae):   # made by hand, or changed in place
+            parse_clamp((parsed.features, parsed.targets), d_sae, dtype, device)
+        return parsed
     if isinstance(clamp, dict):
         feats = [_feature_id(f, d_sae) for f in clamp]
         vals = [_target(v, f, feature_max) for f, v in zip(feats, clamp.values())]
@@ -95,6 +115,8 @@ def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device, feature_max: Opti
                         f"got {type(clamp).__name__}")
     if can_read_values(features) and features.numel() != torch.unique(features).numel():
         raise ValueError(f"clamp: features must be distinct, got {features.tolist()}")
+    if can_read_values(features):
+        _mark_checked(features, d_sae)
     return ParsedClamp(features, targets)
 
 

@@ -1,12 +1,12 @@
-"""Marks op calls whose latent indices the package produced or validated itself: an encode's codes
-decoded or steered straight away, a forward pass's indices in its backward, a parsed clamp's
-features. Such indices are in range by construction, so a backend may skip proving it.
+"""Marks op calls whose code indices the package produced itself: an encode's codes decoded or
+steered straight away, a forward pass's indices in its backward. Such indices are in range by
+construction, so a backend may skip proving it.
 
 On a GPU that proof costs a synchronisation: the kernels count out-of-range indices on the device
-and the CUDA backend reads the count back to raise (backends/cuda_launch.py); the clamp's range
-check reads the features back (backends/_checks.py). Indices a user hands to an op are always
-checked; for calls made through ``call_known_valid`` the read-back is skipped, and the kernels
-still never read past W_dec (a bad code index is skipped like padding).
+and the CUDA backend reads the count back to raise (backends/cuda_launch.py). Indices a user hands
+to an op are always checked; for calls made through ``call_known_valid`` the read-back is skipped,
+and the kernels still never read past W_dec (a bad index is skipped like padding). (Clamp features
+have their own record of what was checked: _clamp.features_checked.)
 
 Under torch.compile the mark is left out (Dynamo cannot trace a ContextVar, and a compiled graph
 runs its ops later, outside any Python context): compiled code keeps the check.

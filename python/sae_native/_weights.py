@@ -21,6 +21,14 @@ def can_read_values(*tensors: Optional[Tensor]) -> bool:
     return all(t is None or t.device.type != "meta" for t in tensors)
 
 
+def tensor_version(t: Tensor) -> int:
+    """t's version counter (bumped by every in-place change); -1 for inference tensors, which have none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
 def _tensor(name: str, t) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")

@@ -126,8 +126,8 @@ def steer_with(w: SAEWeights, x: Tensor, clamp, *, mode: str = "set", keep_error
     xn, shift, scale = _normalize_input(w, x2)
     if w.activation in ("jumprelu", "relu") and keep_error:
         # z_f needs only column f of W_enc: O(|C| * d_in) per row, whatever d_sae is.
-        y, _ = call_known_valid(_ops.steer_threshold, xn, w.W_enc, w.b_enc, w.W_dec, w.input_bias, w.threshold,
-                                features, targets, mode, only_active)
+        y, _ = _ops.steer_threshold(xn, w.W_enc, w.b_enc, w.W_dec, w.input_bias, w.threshold, features, targets,
+                                    mode, only_active)
     else:
         codes = encode_with(w, xn, packed) if scale is None else \
             encode_with(dataclasses.replace(w, normalize="none"), xn, packed)

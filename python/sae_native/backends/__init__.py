@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _runtime
+from .._weights import tensor_version
 from . import cpu  # noqa: F401  (registers the CPU kernels)
 from .cpu_packing import pack as _pack_cpu
 
@@ -20,12 +21,6 @@ CUDA_KERNELS = _runtime._cuda_module() is not None
 if CUDA_KERNELS:
     _cuda_backend.register()
 
-
-def _version(t: Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors carry no version counter
-        return -1
 
 
 class PackedEncoder:
@@ -41,7 +36,7 @@ class PackedEncoder:
         self.refresh()
 
     def refresh(self) -> None:
-        self._version = _version(self.W_enc)
+        self._version = tensor_version(self.W_enc)
         if self.W_enc.device.type == "cpu":
             self._packed = _pack_cpu(self.W_enc)
         elif self.W_enc.device.type == "cuda":
@@ -52,6 +47,6 @@ class PackedEncoder:
 
     def get(self) -> Optional[Tensor]:
         """The packed tensor for the op's ``packed`` argument (None where the device packs nothing)."""
-        if not torch.compiler.is_compiling() and _version(self.W_enc) != self._version:
+        if not torch.compiler.is_compiling() and tensor_version(self.W_enc) != self._version:
             self.refresh()
         return self._packed

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._known_valid import known_valid
+from .._clamp import features_checked
 from ._dtypes import PAIRS
 
 MODES = {"set": 0, "scale": 1, "add": 2}
@@ -94,8 +94,9 @@ class OpChecks:
             raise fail(op, f"features must be a 1-D int64 tensor, got {features.dtype} {list(features.shape)}")
         if tuple(targets.shape) != tuple(features.shape):
             raise fail(op, f"targets must have shape {list(features.shape)}, got {list(targets.shape)}")
-        # The range check reads the features back (a GPU sync); a ParsedClamp was checked already.
-        if features.numel() and not known_valid() and (int(features.min()) < 0 or int(features.max()) >= d_sae):
+        # The range check reads the features back (a GPU sync): not again for parse_clamp's output.
+        if features.numel() and not features_checked(features, d_sae) and \
+                (int(features.min()) < 0 or int(features.max()) >= d_sae):
             raise fail(op, f"features must lie in [0, {d_sae}), got {features.tolist()}")
         return features.contiguous(), targets.to(T).contiguous(), MODES[mode]
 
