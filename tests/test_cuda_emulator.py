@@ -4,6 +4,7 @@ missing barrier, reading a cp.async stage before its wait, shared memory over th
 CUDA kernels under every schedule it offers, and launch limits as on an A100.
 """
 import contextlib
+from unittest import mock
 
 import pytest
 import torch
@@ -266,14 +267,21 @@ def test_reconstruction_and_steering_read_nothing_back(emulator, activation):
         clamp = sae.parse_clamp({3: 2.0, 250: 0.5})
         x = randn(2, 5, 16)
         model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 16))
-        hooks = [sn.steer(model, "0", sae, clamp, positions=p) for p in ("all", "prompt", "generated")]
+        modes = ("all", "prompt", "generated")
         sae(x), sae.steer(x, clamp)   # warm-up: first calls may set things up
-        with host_readbacks() as calls:
+        on_cpu = []
+        for p in modes:   # the hook's CPU branch reads its mask (free there) to skip positions
+            with sn.steer(model, "0", sae, clamp, positions=p):
+                on_cpu.append(model(x))
+        with mock.patch("sae_native.hooks._host_reads_free", lambda t: False), host_readbacks() as calls:
             sae.steer(x, clamp)                      # jumprelu: the O(|C| d_in) threshold path
             if activation == "topk":
                 sae(x)
                 sae.steer(x, clamp, keep_error=False)   # steering from fresh codes
-            for hook in hooks:
-                with hook:
-                    model(x)
+            on_gpu = []
+            for p in modes:                          # the branch a GPU takes
+                with sn.steer(model, "0", sae, clamp, positions=p):   # (attaches here, parses nothing)
+                    on_gpu.append(model(x))
         assert calls == []
+        for a, b in zip(on_cpu, on_gpu):
+            torch.testing.assert_close(a, b)

@@ -229,9 +229,22 @@ class Steering(SiteHook):
         mask = self.tracker.prompt_mask(hidden, kwargs)
         if self.which == "generated":
             mask = ~mask
-        # Every position steered, then the mask picks: no read-back of the mask (a GPU sync), at
-        # the price of steering the positions left alone (one prefill; a generated token is one).
+        if _host_reads_free(mask):   # steer only the selected positions
+            if bool(mask.all()):
+                return steer(hidden)
+            if not bool(mask.any()):
+                return None
+            out = hidden.clone()
+            out[mask] = steer(hidden[mask])
+            return out
+        # On a GPU, reading the mask would wait for the device on every token: steer every
+        # position and let the mask pick, on the device.
         return torch.where(mask[..., None], steer(hidden), hidden)
+
+
+def _host_reads_free(t: Tensor) -> bool:
+    """Reading t's values costs nothing on the CPU; elsewhere it waits for the device."""
+    return t.device.type == "cpu"
 
 
 # ---- the public functions ----------------------------------------------------------------------
