@@ -15,10 +15,9 @@ from .._weights import tensor_version
 from . import cpu  # noqa: F401  (registers the CPU kernels)
 from .cpu_packing import pack as _pack_cpu
 
-from . import cuda as _cuda_backend
-
 CUDA_KERNELS = _runtime._cuda_module() is not None
 if CUDA_KERNELS:
+    from . import cuda as _cuda_backend
     _cuda_backend.register()
 
 
