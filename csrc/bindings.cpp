@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "encode.h"
+#include "interrupt.h"
 #include "isa.h"
 #include "pack.h"
 #include "sparse_rows.h"
@@ -25,21 +26,49 @@ namespace {
 
 template <class T> T* as(ptr_t p) { return reinterpret_cast<T*>(p); }
 
+// ---- Ctrl-C during a native call (interrupt.h) -------------------------------------------------
+// Python runs signal handlers only on its main thread, between bytecodes. A kernel call holds that
+// thread for as long as it runs, so the kernels poll: every 100 ms the calling thread takes the GIL
+// for a moment and runs the handlers. A handler that raises (KeyboardInterrupt) stops the call,
+// and the exception is raised from it. Other threads never poll (their calls cannot get signals),
+// so they never wait for the GIL.
+unsigned long g_main_thread = 0;
+
+bool poll_python_signals() {
+  if (PyThread_get_thread_ident() != g_main_thread) return false;
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
+void raise_if_interrupted(const CancelScope& scope) {
+  if (!scope.cancelled()) return;
+  py::gil_scoped_acquire gil;
+  if (PyErr_Occurred() == nullptr) PyErr_SetString(PyExc_KeyboardInterrupt, "sae_native: interrupted");
+  throw py::error_already_set();
+}
+
+// Runs one kernel call under a CancelScope and raises what interrupted it, if anything did.
+template <class F> void cancellable(F&& f) {
+  CancelScope scope;
+  f();
+  raise_if_interrupted(scope);
+}
+
 // Calls f(T{}, W{}) for the supported (activation, weight) dtype pairs: fp32 activations with
-// fp32 / bf16 / fp16 weights, and fp64 with fp64 (the float64 path gradcheck uses).
+// fp32 / bf16 / fp16 weights, and fp64 with fp64 (the float64 path gradcheck uses); interruptible.
 template <class F> void dispatch(int x_dtype, int w_dtype, F&& f) {
   const auto xd = DType(x_dtype), wd = DType(w_dtype);
-  if (xd == DType::f32 && wd == DType::f32) return f(float{}, float{});
-  if (xd == DType::f32 && wd == DType::bf16) return f(float{}, bf16{});
-  if (xd == DType::f32 && wd == DType::f16) return f(float{}, f16{});
-  if (xd == DType::f64 && wd == DType::f64) return f(double{}, double{});
+  if (xd == DType::f32 && wd == DType::f32) return cancellable([&] { f(float{}, float{}); });
+  if (xd == DType::f32 && wd == DType::bf16) return cancellable([&] { f(float{}, bf16{}); });
+  if (xd == DType::f32 && wd == DType::f16) return cancellable([&] { f(float{}, f16{}); });
+  if (xd == DType::f64 && wd == DType::f64) return cancellable([&] { f(double{}, double{}); });
   throw std::invalid_argument("sae_native._C: unsupported dtype pair (activations " +
                               std::to_string(x_dtype) + ", weights " + std::to_string(w_dtype) + ")");
 }
 
 template <class T> void dispatch_acc(int x_dtype, T&& f) {
-  if (DType(x_dtype) == DType::f32) return f(float{});
-  if (DType(x_dtype) == DType::f64) return f(double{});
+  if (DType(x_dtype) == DType::f32) return cancellable([&] { f(float{}); });
+  if (DType(x_dtype) == DType::f64) return cancellable([&] { f(double{}); });
   throw std::invalid_argument("sae_native._C: activations must be float32 or float64");
 }
 
@@ -114,6 +143,8 @@ PYBIND11_MODULE(_C, m) {
 #endif
 
   const auto nogil = py::call_guard<py::gil_scoped_release>();
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  set_interrupt_poll(&poll_python_signals);
 
   m.def("set_num_threads", &set_num_threads, nogil);
   m.def("num_threads", &num_threads);
@@ -121,6 +152,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("using_openmp_runtime", &using_openmp_runtime);
   m.def("cpu_isa", [] { return std::string(active_kernels().isa); });
   m.def("supported_isas", &supported_isas);
+  m.def("compiled_isas", &compiled_isas);
   m.def("select_isa", &select_isa);
   m.def("cpu_features", &cpu_features);
   m.def("packed_size", &packed_size);
@@ -168,13 +200,13 @@ PYBIND11_MODULE(_C, m) {
       .def("write", &ThresholdResult::write, nogil);
 
   m.def("encode_threshold", [](int x_dtype, int w_dtype, index_t n, index_t d_in, index_t d_sae, ptr_t x,
-                               ptr_t packed, ptr_t b_enc, ptr_t b_dec, ptr_t threshold) {
+                               ptr_t packed, ptr_t b_enc, ptr_t b_dec, ptr_t threshold, bool compact_nonfinite) {
     std::unique_ptr<ThresholdResult> result;
     dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
       const auto in = encode_inputs<T>(n, d_in, d_sae, x, b_enc, b_dec, threshold);
-      result = std::make_unique<ThresholdResult>(encode_threshold<T, W>(in, as<const W>(packed)));
+      result = std::make_unique<ThresholdResult>(encode_threshold<T, W>(in, as<const W>(packed), compact_nonfinite));
     });
     return result;
   }, nogil);
@@ -219,6 +251,7 @@ PYBIND11_MODULE(_C, m) {
                               ptr_t b_dec, ptr_t w_dec, index_t dec_rs, index_t dec_cs,
                               index_t count, ptr_t features, ptr_t targets, int mode, bool only_active,
                               ptr_t y, ptr_t z) {
+    IndexCheck feature_check;
     dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
@@ -226,23 +259,24 @@ PYBIND11_MODULE(_C, m) {
                             as<const T>(b_enc), as<const T>(threshold), as<const T>(b_dec),
                             strided<W>(w_dec, d_sae, d_in, dec_rs, dec_cs),
                             make_clamp<T>(count, features, targets, mode, only_active),
-                            as<T>(y), as<T>(z));
+                            as<T>(y), as<T>(z), &feature_check);
     });
+    return report(feature_check);
   }, nogil);
 
   m.def("steer_codes", [](int x_dtype, int w_dtype, index_t n, index_t d_in, index_t d_sae, index_t k,
                           ptr_t x, ptr_t values, ptr_t indices, ptr_t w_dec, index_t dec_rs,
                           index_t dec_cs, ptr_t b_dec, bool keep_error, index_t count, ptr_t features,
                           ptr_t targets, int mode, bool only_active, ptr_t y, ptr_t z) {
-    IndexCheck check;
+    IndexCheck check, feature_check;
     dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
       steer_codes<T, W>(n, k, as<const T>(x), as<const T>(values), as<const index_t>(indices),
                         strided<W>(w_dec, d_sae, d_in, dec_rs, dec_cs), as<const T>(b_dec),
                         keep_error, make_clamp<T>(count, features, targets, mode, only_active),
-                        as<T>(y), as<T>(z), &check);
+                        as<T>(y), as<T>(z), &check, &feature_check);
     });
-    return report(check);
+    return std::make_pair(report(check), report(feature_check));
   }, nogil);
 }

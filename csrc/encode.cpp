@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "interrupt.h"
 #include "isa.h"
 #include "pack.h"
 #include "thread_pool.h"
@@ -61,7 +62,7 @@ void run_task(const EncodeInputs<T>& in, const W* packed, const Plan& plan, inde
   }
   alignas(64) T acc[kMaxTileRows * kMaxTileLanes];
   const index_t ld_acc = index_t(tile.panels) * kPanel;
-  for (index_t p = p0; p < p1; p += tile.panels) {
+  for (index_t p = p0; p < p1 && !interrupted(); p += tile.panels) {
     const int panels = int(std::min<index_t>(tile.panels, p1 - p));
     const W* panel = packed + p * panel_stride;
     for (index_t t0 = r0; t0 < r1; t0 += tile.rows) {
@@ -136,7 +137,7 @@ void encode_topk(const EncodeInputs<T>& in, const W* packed, index_t k, T* value
       return;
     }
     std::vector<Cand<T>> row;
-    for (index_t r = r0; r < r1; ++r) {
+    for (index_t r = r0; r < r1 && !interrupted(); ++r) {
       const TopKBuffer<T>& b = bufs[size_t(r - r0)];
       row.assign(b.data(), b.data() + b.size());
       finish_topk_row(row, k, d_sae, values + r * k, indices + r * k);
@@ -146,7 +147,7 @@ void encode_topk(const EncodeInputs<T>& in, const W* packed, index_t k, T* value
   if (plan.splits > 1) {
     parallel_range(in.n, 1, [&](index_t r0, index_t r1) {
       std::vector<Cand<T>> row;
-      for (index_t r = r0; r < r1; ++r) {
+      for (index_t r = r0; r < r1 && !interrupted(); ++r) {
         row.clear();
         for (index_t s = 0; s < plan.splits; ++s) {
           const Cand<T>* b = shared.data() + (r * plan.splits + s) * cap;
@@ -197,7 +198,7 @@ void encode_groupmax(const EncodeInputs<T>& in, const W* packed, index_t k, T* v
   });
   parallel_range(in.n, 64, [&](index_t r0, index_t r1) {
     std::vector<Cand<T>> row(static_cast<size_t>(k));
-    for (index_t r = r0; r < r1; ++r) {
+    for (index_t r = r0; r < r1 && !interrupted(); ++r) {
       for (index_t g = 0; g < k; ++g) {
         Cand<T> b = picks[size_t((r * plan.splits) * k + g)];
         for (index_t s = 1; s < plan.splits; ++s) {
@@ -216,7 +217,7 @@ void encode_groupmax(const EncodeInputs<T>& in, const W* packed, index_t k, T* v
 }
 
 template <class T, class W>
-ThresholdCodes<T> encode_threshold(const EncodeInputs<T>& in, const W* packed) {
+ThresholdCodes<T> encode_threshold(const EncodeInputs<T>& in, const W* packed, bool compact_nonfinite) {
   ThresholdCodes<T> out;
   out.offsets.assign(size_t(in.n + 1), 0);
   if (in.n == 0) return out;
@@ -233,24 +234,48 @@ ThresholdCodes<T> encode_threshold(const EncodeInputs<T>& in, const W* packed) {
     threshold = zeros.data();
   }
 
-  // parts[row * splits + split]: that split's active latents of the row, in latent order.
-  std::vector<std::vector<Cand<T>>> parts(size_t(in.n * plan.splits));
+  // parts[row * splits + split]: that split's active latents of the row, in latent order. With
+  // compact_nonfinite, bad[row * splits + split] marks a part cut to its first non-finite latent
+  // (the split's lowest: latents arrive in order), after which the split ignores the row.
+  const size_t n_parts = size_t(in.n * plan.splits);
+  std::vector<std::vector<Cand<T>>> parts(n_parts);
+  std::vector<char> bad(compact_nonfinite ? n_parts : 0, 0);
   parallel_for(plan.tasks(), [&](index_t task) {
     const index_t s = task % plan.splits;
     std::vector<T> u;
     run_task(in, packed, plan, task, tile, u, [&](index_t row, index_t p, int panels, T* acc) {
-      std::vector<Cand<T>>& list = parts[size_t(row * plan.splits + s)];
+      const size_t part = size_t(row * plan.splits + s);
+      if (compact_nonfinite && bad[part]) return;
+      std::vector<Cand<T>>& list = parts[part];
       const index_t first = p * kPanel;
       // z = relu(pre) * (pre > thr) is non-zero; NaN stays NaN (and active), as in the dense formula.
       for (uint64_t hits = screen.threshold(acc, in.b_enc + first, threshold + first,
                                             live_lanes(first, panels, d_sae));
            hits != 0; hits &= hits - 1) {
         const int l = __builtin_ctzll(hits);
+        if (compact_nonfinite && !std::isfinite(acc[l])) {
+          list.assign(1, Cand<T>{acc[l], first + l});
+          bad[part] = 1;
+          return;
+        }
         list.push_back(Cand<T>{acc[l], first + l});
       }
     });
   });
 
+  if (interrupted()) return out;
+  if (compact_nonfinite) {
+    // A row with a non-finite part keeps that part's entry, from the first such split (splits
+    // cover the latents in order), and nothing else.
+    for (index_t r = 0; r < in.n; ++r)
+      for (index_t s = 0; s < plan.splits; ++s)
+        if (bad[size_t(r * plan.splits + s)]) {
+          const Cand<T> keep = parts[size_t(r * plan.splits + s)][0];
+          for (index_t o = 0; o < plan.splits; ++o) std::vector<Cand<T>>().swap(parts[size_t(r * plan.splits + o)]);
+          parts[size_t(r * plan.splits)].assign(1, keep);
+          break;
+        }
+  }
   for (index_t r = 0; r < in.n; ++r) {
     index_t count = 0;
     for (index_t s = 0; s < plan.splits; ++s) count += index_t(parts[size_t(r * plan.splits + s)].size());
@@ -259,7 +284,7 @@ ThresholdCodes<T> encode_threshold(const EncodeInputs<T>& in, const W* packed) {
   }
   out.entries.resize(size_t(out.offsets.back()));
   parallel_range(in.n, 64, [&](index_t r0, index_t r1) {
-    for (index_t r = r0; r < r1; ++r) {
+    for (index_t r = r0; r < r1 && !interrupted(); ++r) {
       Cand<T>* dst = out.entries.data() + out.offsets[size_t(r)];
       Cand<T>* at = dst;
       for (index_t s = 0; s < plan.splits; ++s) {
@@ -278,7 +303,7 @@ template <class Out>
 void ThresholdCodes<T>::write(index_t width, Out* values, index_t* indices, index_t* counts) const {
   const index_t n = index_t(offsets.size()) - 1;
   parallel_range(n, 256, [&](index_t r0, index_t r1) {
-    for (index_t r = r0; r < r1; ++r) {
+    for (index_t r = r0; r < r1 && !interrupted(); ++r) {
       const index_t begin = offsets[size_t(r)], count = offsets[size_t(r + 1)] - begin;
       const index_t kept = std::min(count, width);
       for (index_t j = 0; j < kept; ++j) {
@@ -297,7 +322,7 @@ void ThresholdCodes<T>::write(index_t width, Out* values, index_t* indices, inde
 #define SAE_INSTANTIATE_ENCODE(T, W)                                                             \
   template void encode_topk<T, W>(const EncodeInputs<T>&, const W*, index_t, T*, index_t*);    \
   template void encode_groupmax<T, W>(const EncodeInputs<T>&, const W*, index_t, T*, index_t*); \
-  template ThresholdCodes<T> encode_threshold<T, W>(const EncodeInputs<T>&, const W*);
+  template ThresholdCodes<T> encode_threshold<T, W>(const EncodeInputs<T>&, const W*, bool);
 SAE_INSTANTIATE_ENCODE(float, float)
 SAE_INSTANTIATE_ENCODE(float, bf16)
 SAE_INSTANTIATE_ENCODE(float, f16)

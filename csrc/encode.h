@@ -40,7 +40,11 @@ template <class T> struct ThresholdCodes {
   template <class Out> void write(index_t width, Out* values, index_t* indices, index_t* counts) const;
 };
 
+// With compact_nonfinite, a row whose active latents include a non-finite value (NaN, or +inf)
+// keeps only the lowest such latent, with its value: one bad token (a NaN in x makes every latent
+// NaN, so active) cannot widen the whole batch's codes to d_sae. Its reconstruction is still
+// non-finite, as the dense formula's is. Without it, every active latent is kept (the formula).
 template <class T, class W>
-ThresholdCodes<T> encode_threshold(const EncodeInputs<T>& in, const W* packed);
+ThresholdCodes<T> encode_threshold(const EncodeInputs<T>& in, const W* packed, bool compact_nonfinite);
 
 }  // namespace sae

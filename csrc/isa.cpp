@@ -1,7 +1,6 @@
 #include "isa.h"
 
 #include <atomic>
-#include <cstdlib>
 
 namespace sae {
 namespace {
@@ -22,16 +21,10 @@ const IsaKernels* find_supported(const std::string& name) {
   return nullptr;
 }
 
-const IsaKernels* initial() {
-  if (const char* forced = std::getenv("SAE_NATIVE_ISA")) {
-    if (const IsaKernels* k = find_supported(forced)) return k;
-  }
-  return best_supported();
-}
-
-// Chosen on first use (at import, through build_info), never during static initialisation.
+// The best supported variant, chosen on first use, never during static initialisation. Python
+// applies SAE_NATIVE_ISA at import (select_isa), with a warning for a value it cannot honour.
 std::atomic<const IsaKernels*>& active() {
-  static std::atomic<const IsaKernels*> chosen{initial()};
+  static std::atomic<const IsaKernels*> chosen{best_supported()};
   return chosen;
 }
 
@@ -43,6 +36,13 @@ const IsaKernels* const kAvx512Kernels = nullptr;
 #endif
 
 const IsaKernels& active_kernels() { return *active().load(); }
+
+std::vector<std::string> compiled_isas() {
+  std::vector<std::string> names;
+  for (const IsaKernels* k : kAll)
+    if (k != nullptr) names.push_back(k->isa);
+  return names;
+}
 
 std::vector<std::string> supported_isas() {
   std::vector<const IsaKernels*> ks;

@@ -8,9 +8,12 @@
 
 namespace sae {
 
-// The variant in use. Initially the best the CPU supports, or the one named by the environment
-// variable SAE_NATIVE_ISA if that is supported (a way to test lower variants).
+// The variant in use. Initially the best the CPU supports; the package applies the environment
+// variable SAE_NATIVE_ISA at import through select_isa (a way to test lower variants).
 const IsaKernels& active_kernels();
+
+// Names of every variant compiled in, whether or not this CPU supports it.
+std::vector<std::string> compiled_isas();
 
 // Names of the variants compiled in and supported by this CPU, best first.
 std::vector<std::string> supported_isas();

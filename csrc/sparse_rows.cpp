@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "interrupt.h"
 #include "isa.h"
 #include "thread_pool.h"
 
@@ -47,7 +48,7 @@ void combine_rows(index_t n, index_t k, const T* values, const index_t* indices,
             for (index_t b = 0; b < d * index_t(sizeof(W)); b += 64)
               __builtin_prefetch(reinterpret_cast<const char*>(w.row(f)) + b, 0, 3);
         }
-        for (index_t r = r0; r < r1; ++r)
+        for (index_t r = r0; r < r1 && !interrupted(); ++r)
           row(k, values + r * k, indices + r * k, (r1 - r) * k, w.data, w.rows, w.row_stride, d, bias, out + r * d);
       });
       return;
@@ -55,7 +56,7 @@ void combine_rows(index_t n, index_t k, const T* values, const index_t* indices,
   }
   parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
     if (check != nullptr) check->scan(indices + r0 * k, (r1 - r0) * k, w.rows);
-    for (index_t r = r0; r < r1; ++r) {
+    for (index_t r = r0; r < r1 && !interrupted(); ++r) {
       T* o = out + r * d;
       if (bias != nullptr)
         std::copy(bias, bias + d, o);
@@ -75,7 +76,7 @@ void dot_rows(index_t n, index_t k, const T* g, const index_t* indices, const St
       const DotRowFn<W> row = dot_row_of<W>(active_kernels());
       parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
         if (check != nullptr) check->scan(indices + r0 * k, (r1 - r0) * k, w.rows);
-        for (index_t r = r0; r < r1; ++r)
+        for (index_t r = r0; r < r1 && !interrupted(); ++r)
           row(k, g + r * d, indices + r * k, w.data, w.rows, w.row_stride, d, out + r * k);
       });
       return;
@@ -83,7 +84,7 @@ void dot_rows(index_t n, index_t k, const T* g, const index_t* indices, const St
   }
   parallel_range(n, row_grain(k, d), [&](index_t r0, index_t r1) {
     if (check != nullptr) check->scan(indices + r0 * k, (r1 - r0) * k, w.rows);
-    for (index_t r = r0; r < r1; ++r) {
+    for (index_t r = r0; r < r1 && !interrupted(); ++r) {
       const T* gr = g + r * d;
       for (index_t j = 0; j < k; ++j) {
         const index_t f = indices[r * k + j];
@@ -106,7 +107,7 @@ void scatter_rows(index_t n, index_t k, const T* values, const index_t* indices,
   const AxpyFn axpy = active_kernels().axpy_f32;
   // Threads own disjoint column ranges of grad, so no two write the same element.
   parallel_range(d, 64, [&](index_t c0, index_t c1) {
-    for (index_t r = 0; r < n; ++r) {
+    for (index_t r = 0; r < n && !interrupted(); ++r) {
       const T* gr = g + r * d;
       for (index_t j = 0; j < k; ++j) {
         const index_t f = indices[r * k + j];

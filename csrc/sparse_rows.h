@@ -22,13 +22,13 @@ class IndexCheck {
       if (f < -1 || f >= rows) note(f);
     }
   }
+  void note(index_t f) {
+    if (count_.fetch_add(1) == 0) example_.store(f);
+  }
   index_t count() const { return count_.load(); }
   index_t example() const { return example_.load(); }
 
  private:
-  void note(index_t f) {
-    if (count_.fetch_add(1) == 0) example_.store(f);
-  }
   std::atomic<index_t> count_{0};
   std::atomic<index_t> example_{0};
 };

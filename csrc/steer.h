@@ -12,9 +12,11 @@ namespace sae {
 
 enum class ClampMode : int { set = 0, scale = 1, add = 2 };
 
+// The clamped features come from the caller and are never trusted: a feature outside [0, d_sae) is
+// skipped (its z is 0, it adds nothing) and counted in the kernel's feature check, never read.
 template <class T> struct Clamp {
   index_t count = 0;                 // |C|
-  const index_t* features = nullptr; // [count], distinct, in [0, d_sae)
+  const index_t* features = nullptr; // [count], expected distinct and in [0, d_sae)
   const T* targets = nullptr;        // [count]
   ClampMode mode = ClampMode::set;
   bool only_active = false;          // where="active"
@@ -37,13 +39,13 @@ template <class T> inline T clamp_delta(T z, T c, ClampMode mode, bool only_acti
 template <class T, class W>
 void steer_threshold(index_t n, const T* x, const Strided<W>& w_enc, const T* b_enc,
                      const T* threshold, const T* b_dec, const Strided<W>& w_dec,
-                     const Clamp<T>& clamp, T* y, T* z);
+                     const Clamp<T>& clamp, T* y, T* z, IndexCheck* feature_check);
 
 // Any SAE, from its codes (values, indices [n, k]): z_f is the code's value for latent f (0 if
 // absent). b_dec (null: none) is used only without keep_error.
 template <class T, class W>
 void steer_codes(index_t n, index_t k, const T* x, const T* values, const index_t* indices,
                  const Strided<W>& w_dec, const T* b_dec, bool keep_error,
-                 const Clamp<T>& clamp, T* y, T* z, IndexCheck* check);
+                 const Clamp<T>& clamp, T* y, T* z, IndexCheck* check, IndexCheck* feature_check);
 
 }  // namespace sae

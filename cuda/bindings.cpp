@@ -75,9 +75,11 @@ PYBIND11_MODULE(_cuda, m) {
         rel());
   m.def("encode_threshold",
         [](int w_dtype, index_t n, index_t d_in, index_t d_sae, ptr_t u, ptr_t w, ptr_t b_enc, ptr_t threshold,
-           index_t cap, index_t chunk_latents, int chunks, ptr_t counts, ptr_t hits, bool vec, ptr_t stream) {
+           index_t cap, index_t chunk_latents, int chunks, ptr_t counts, ptr_t hits, ptr_t nonfinite, bool vec,
+           ptr_t stream) {
           encode_threshold(encode_launch(w_dtype, n, d_in, d_sae, u, w, b_enc, chunk_latents, chunks, vec, stream),
-                           as<const float>(threshold), cap, as<int64_t>(counts), as<uint64_t>(hits));
+                           as<const float>(threshold), cap, as<int64_t>(counts), as<uint64_t>(hits),
+                           as<uint64_t>(nonfinite));
         },
         rel());
   m.def("sort_rows",
@@ -118,11 +120,22 @@ PYBIND11_MODULE(_cuda, m) {
                       mode, only_active, as<void>(y), as<void>(z), as<unsigned long long>(report), stream_of(stream));
         },
         rel());
+  m.def("gather_clamp",
+        [](int t_dtype, int w_dtype, index_t d, index_t d_sae, index_t count, ptr_t features, ptr_t w_enc,
+           index_t enc_rs, index_t enc_cs, ptr_t b_enc, ptr_t threshold, ptr_t w_dec, index_t dec_rs, index_t dec_cs,
+           ptr_t enc_cols, ptr_t b_f, ptr_t thr_f, ptr_t dec_rows, ptr_t report, ptr_t stream) {
+          gather_clamp(t_dtype, w_dtype, d, d_sae, count, as<const int64_t>(features), as<const void>(w_enc), enc_rs,
+                       enc_cs, as<const void>(b_enc), as<const void>(threshold), as<const void>(w_dec), dec_rs, dec_cs,
+                       as<void>(enc_cols), as<void>(b_f), as<void>(thr_f), as<void>(dec_rows),
+                       as<unsigned long long>(report), stream_of(stream));
+        },
+        rel());
   m.def("steer_threshold",
-        [](int t_dtype, index_t n, index_t d, ptr_t x, ptr_t b_dec, index_t count, ptr_t enc_cols, ptr_t b_enc_f,
-           ptr_t threshold_f, ptr_t dec_rows, ptr_t targets, int mode, bool only_active, ptr_t y, ptr_t z,
-           ptr_t stream) {
-          steer_threshold(t_dtype, n, d, as<const void>(x), as<const void>(b_dec), count, as<const void>(enc_cols),
+        [](int t_dtype, index_t n, index_t d, ptr_t x, ptr_t b_dec, index_t count, ptr_t features, index_t d_sae,
+           ptr_t enc_cols, ptr_t b_enc_f, ptr_t threshold_f, ptr_t dec_rows, ptr_t targets, int mode,
+           bool only_active, ptr_t y, ptr_t z, ptr_t stream) {
+          steer_threshold(t_dtype, n, d, as<const void>(x), as<const void>(b_dec), count,
+                          as<const int64_t>(features), d_sae, as<const void>(enc_cols),
                           as<const void>(b_enc_f), as<const void>(threshold_f), as<const void>(dec_rows),
                           as<const void>(targets), mode, only_active, as<void>(y), as<void>(z), stream_of(stream));
         },

@@ -91,7 +91,7 @@ template <class Tile>
 __global__ void __launch_bounds__(THREADS)
 encode_threshold_kernel(GemmArgs g, const float* __restrict__ b_enc, const float* __restrict__ threshold,
                         index_t chunk_latents, index_t cap, unsigned long long* __restrict__ counts,
-                        uint64_t* __restrict__ hits) {
+                        uint64_t* __restrict__ hits, unsigned long long* __restrict__ nonfinite) {
   extern __shared__ __align__(128) unsigned char smem[];
   float* Cs = reinterpret_cast<float*>(smem);
   const index_t row0 = index_t(blockIdx.x) * BM;
@@ -114,6 +114,12 @@ encode_threshold_kernel(GemmArgs g, const float* __restrict__ b_enc, const float
           // relu(pre) * (pre > t) is non-zero, or NaN (the same rule as the CPU kernels)
           active = pre != pre || (pre > 0.0f && pre > t);
           key = candidate_key(pre, uint32_t(j));
+          if (active && nonfinite != nullptr && (float_bits(pre) & 0x7F800000u) == 0x7F800000u) {  // NaN / inf
+            // Compact rule: the row's lowest non-finite latent, kept aside (latent high, so the
+            // minimum is the lowest), instead of one hit per latent of a NaN row.
+            atomicMin(&nonfinite[row], (static_cast<unsigned long long>(j) << 32) | float_bits(pre));
+            active = false;
+          }
         }
         const unsigned mask = __ballot_sync(kFull, active);
         if (mask == 0) continue;
@@ -151,14 +157,31 @@ template <class Tile> void launch_topk_cap(const EncodeLaunch& a, int k, int cap
   throw std::invalid_argument("sae_native._cuda.encode_topk: cap must be 64, 128 or 256");
 }
 
+// Rows with a non-finite active latent become that one entry: hits[row][0] and count 1.
+__global__ void collapse_nonfinite_kernel(index_t n, const unsigned long long* __restrict__ nonfinite, index_t cap,
+                                          unsigned long long* __restrict__ counts, uint64_t* __restrict__ hits) {
+  const index_t row = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= n || nonfinite[row] == ~0ull) return;
+  const unsigned long long v = nonfinite[row];
+  hits[row * cap] = candidate_key(float_of_bits(uint32_t(v & 0xFFFFFFFFull)), uint32_t(v >> 32));
+  counts[row] = 1;
+}
+
 template <class Tile>
-void launch_threshold(const EncodeLaunch& a, const float* threshold, index_t cap, int64_t* counts, uint64_t* hits) {
+void launch_threshold(const EncodeLaunch& a, const float* threshold, index_t cap, int64_t* counts, uint64_t* hits,
+                      uint64_t* nonfinite) {
   const size_t smem = tile_smem_bytes<Tile>();
   auto kernel = encode_threshold_kernel<Tile>;
   allow_smem(kernel, smem, "encode_threshold");
+  auto* nf = reinterpret_cast<unsigned long long*>(nonfinite);
   kernel<<<encode_grid(a), THREADS, smem, as_stream(a.stream)>>>(
-      gemm_args(a), a.b_enc, threshold, a.chunk_latents, cap, reinterpret_cast<unsigned long long*>(counts), hits);
+      gemm_args(a), a.b_enc, threshold, a.chunk_latents, cap, reinterpret_cast<unsigned long long*>(counts), hits, nf);
   check_launch("encode_threshold");
+  if (nf != nullptr) {
+    collapse_nonfinite_kernel<<<blocks_for(a.n, 256), 256, 0, as_stream(a.stream)>>>(
+        a.n, nf, cap, reinterpret_cast<unsigned long long*>(counts), hits);
+    check_launch("encode_threshold (collapse_nonfinite)");
+  }
 }
 
 template <class Tile> size_t topk_smem_for_cap(int cap) {
@@ -201,14 +224,15 @@ void encode_topk(const EncodeLaunch& a, int k, int cap, uint64_t* cand) {
   throw std::invalid_argument("sae_native._cuda.encode_topk: weights must be float32, bfloat16 or float16");
 }
 
-void encode_threshold(const EncodeLaunch& a, const float* threshold, index_t cap, int64_t* counts, uint64_t* hits) {
+void encode_threshold(const EncodeLaunch& a, const float* threshold, index_t cap, int64_t* counts, uint64_t* hits,
+                      uint64_t* nonfinite) {
   check_encode(a, "encode_threshold");
   if (cap < 1) throw std::invalid_argument("sae_native._cuda.encode_threshold: cap must be >= 1");
   if (a.n == 0) return;
   switch (DType(a.w_dtype)) {
-    case DType::bf16: return launch_threshold<TensorCoreTile<__nv_bfloat16>>(a, threshold, cap, counts, hits);
-    case DType::f16: return launch_threshold<TensorCoreTile<__half>>(a, threshold, cap, counts, hits);
-    case DType::f32: return launch_threshold<SimtTile>(a, threshold, cap, counts, hits);
+    case DType::bf16: return launch_threshold<TensorCoreTile<__nv_bfloat16>>(a, threshold, cap, counts, hits, nonfinite);
+    case DType::f16: return launch_threshold<TensorCoreTile<__half>>(a, threshold, cap, counts, hits, nonfinite);
+    case DType::f32: return launch_threshold<SimtTile>(a, threshold, cap, counts, hits, nonfinite);
     default: break;
   }
   throw std::invalid_argument("sae_native._cuda.encode_threshold: weights must be float32, bfloat16 or float16");

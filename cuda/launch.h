@@ -37,7 +37,11 @@ size_t topk_smem_bytes(int w_dtype, int cap);
 void encode_topk(const EncodeLaunch& a, int k, int cap, uint64_t* cand);
 // Appends every active latent's key to hits[row][0, cap) and counts all of them (counts[n], zeroed
 // by the caller; a count above cap means the row's hits past cap were dropped: rerun wider).
-void encode_threshold(const EncodeLaunch& a, const float* threshold, index_t cap, int64_t* counts, uint64_t* hits);
+// nonfinite (null: keep every active latent, the dense formula) is [n], filled with ~0 by the
+// caller: a row with a non-finite active latent then keeps only its lowest such latent (hits[row][0],
+// count 1), as the CPU's compact_nonfinite (csrc/encode.h).
+void encode_threshold(const EncodeLaunch& a, const float* threshold, index_t cap, int64_t* counts, uint64_t* hits,
+                      uint64_t* nonfinite);
 
 // ---- sorted codes from candidate keys (cuda/sort_rows.cu) -------------------------------------
 constexpr int kSortMax = 8192;  // keys per row one block sorts in shared memory
@@ -61,13 +65,20 @@ void sparse_outer(int t_dtype, index_t n, index_t k, const void* values, const i
                   unsigned long long* report, void* stream);
 
 // ---- steering (cuda/steer.cu); t_dtype f32 or f64, every tensor in it -------------------------
-// W rows of the clamped features are gathered by the caller: enc_cols / dec_rows [count, d].
+// gather_clamp widens the clamped features' W_enc columns (w_enc may be null: steer_codes), b_enc
+// and threshold entries (either may be null) and W_dec rows into enc_cols / dec_rows [count, d],
+// b_f / thr_f [count]. A feature outside [0, d_sae) is gathered as zeros and reported; the steer
+// kernels give it z = 0 and add nothing for it.
+void gather_clamp(int t_dtype, int w_dtype, index_t d, index_t d_sae, index_t count, const int64_t* features,
+                  const void* w_enc, index_t enc_rs, index_t enc_cs, const void* b_enc, const void* threshold,
+                  const void* w_dec, index_t dec_rs, index_t dec_cs, void* enc_cols, void* b_f, void* thr_f,
+                  void* dec_rows, unsigned long long* report, void* stream);
 void steer_codes(int t_dtype, index_t n, index_t d, index_t k, const void* base, const void* values,
                  const int64_t* indices, index_t d_sae, index_t count, const int64_t* features, const void* targets,
                  const void* dec_rows, int mode, bool only_active, void* y, void* z, unsigned long long* report,
                  void* stream);
 void steer_threshold(int t_dtype, index_t n, index_t d, const void* x, const void* b_dec, index_t count,
-                     const void* enc_cols, const void* b_enc_f, const void* threshold_f, const void* dec_rows,
+                     const int64_t* features, index_t d_sae, const void* enc_cols, const void* b_enc_f, const void* threshold_f, const void* dec_rows,
                      const void* targets, int mode, bool only_active, void* y, void* z, void* stream);
 
 // ---- the obviously-correct reference kernels the tests compare against (cuda/reference.cu) ----

@@ -30,6 +30,16 @@ template <class Kernel> void allow_smem(Kernel kernel, size_t bytes, const char*
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), name);
 }
 
+// Calls f(T{}, W{}) for the supported (activation, weight) dtype pairs, as the CPU module does.
+template <class F> void dispatch(int t_dtype, int w_dtype, const char* op, F&& f) {
+  const DType t = DType(t_dtype), wd = DType(w_dtype);
+  if (t == DType::f32 && wd == DType::f32) return f(float{}, float{});
+  if (t == DType::f32 && wd == DType::bf16) return f(float{}, __nv_bfloat16{});
+  if (t == DType::f32 && wd == DType::f16) return f(float{}, __half{});
+  if (t == DType::f64 && wd == DType::f64) return f(double{}, double{});
+  throw std::invalid_argument(std::string("sae_native._cuda.") + op + ": unsupported dtype pair");
+}
+
 inline unsigned blocks_for(index_t items, index_t per_block, index_t cap = 1 << 30) {
   const index_t b = (items + per_block - 1) / per_block;
   return unsigned(b < 1 ? 1 : (b > cap ? cap : b));

@@ -112,16 +112,6 @@ __global__ void sparse_outer_kernel(index_t pairs, index_t k, const T* __restric
   }
 }
 
-// Calls f(T{}, W{}) for the supported pairs, as the CPU module does.
-template <class F> void dispatch(int t_dtype, int w_dtype, const char* op, F&& f) {
-  const DType t = DType(t_dtype), wd = DType(w_dtype);
-  if (t == DType::f32 && wd == DType::f32) return f(float{}, float{});
-  if (t == DType::f32 && wd == DType::bf16) return f(float{}, __nv_bfloat16{});
-  if (t == DType::f32 && wd == DType::f16) return f(float{}, __half{});
-  if (t == DType::f64 && wd == DType::f64) return f(double{}, double{});
-  throw std::invalid_argument(std::string("sae_native._cuda.") + op + ": unsupported dtype pair");
-}
-
 template <class T, class W, int V>
 void launch_decode(index_t n, index_t k, const void* values, const int64_t* indices, const void* w, index_t d_sae,
                    index_t d_in, index_t rs, index_t cs, const void* b_dec, void* out, unsigned long long* report,

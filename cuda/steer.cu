@@ -1,6 +1,8 @@
 // Steering (clamped reconstruction), DESIGN.md's formula: y = base + sum_f delta_f * W_dec[f], with
 // delta_f from the clamp mode (set: c - z, scale: (c - 1) z, add: c; 0 where only_active and
-// z <= 0). One block per row; the clamped features' W rows come gathered ([count, d], small).
+// z <= 0). One block per row; the clamped features' W rows come gathered ([count, d], small) by
+// gather_clamp, which, like every kernel here, never trusts the features: one outside [0, d_sae)
+// is reported, gathered as zeros, and adds nothing (its z is 0).
 //   steer_codes:     z_f is the row's code value for latent f (0 if absent); base is x
 //                    (keep_error) or the decoded codes (written into y beforehand by decode).
 //   steer_threshold: z_f = relu(pre_f) * (pre_f > threshold_f) from column f of W_enc alone,
@@ -39,6 +41,34 @@ __device__ void add_deltas(index_t row, index_t d, const T* base, const T* rows,
   }
 }
 
+__device__ __forceinline__ bool feature_ok(int64_t f, index_t d_sae) { return f >= 0 && f < d_sae; }
+
+// One block per clamped feature: column f of W_enc (when given), b_enc[f], threshold[f] (when
+// given) and row f of W_dec, widened to T; zeros for a feature outside [0, d_sae).
+template <class T, class W>
+__global__ void gather_clamp_kernel(index_t d, index_t d_sae, const int64_t* __restrict__ features,
+                                    const W* __restrict__ w_enc, index_t enc_rs, index_t enc_cs,
+                                    const T* __restrict__ b_enc, const T* __restrict__ threshold,
+                                    const W* __restrict__ w_dec, index_t dec_rs, index_t dec_cs,
+                                    T* __restrict__ enc_cols, T* __restrict__ b_f, T* __restrict__ thr_f,
+                                    T* __restrict__ dec_rows, unsigned long long* report) {
+  const index_t c = blockIdx.x;
+  const int64_t f = features[c];
+  const bool ok = feature_ok(f, d_sae);
+  if (!ok && threadIdx.x == 0 && report != nullptr) {
+    atomicAdd(&report[0], 1ull);
+    report[1] = static_cast<unsigned long long>(f);
+  }
+  for (index_t i = threadIdx.x; i < d; i += blockDim.x) {
+    dec_rows[c * d + i] = ok ? widen<T>(w_dec[f * dec_rs + i * dec_cs]) : T(0);
+    if (enc_cols != nullptr) enc_cols[c * d + i] = ok ? widen<T>(w_enc[i * enc_rs + f * enc_cs]) : T(0);
+  }
+  if (threadIdx.x == 0) {
+    if (b_f != nullptr) b_f[c] = ok ? b_enc[f] : T(0);
+    if (thr_f != nullptr) thr_f[c] = ok && threshold != nullptr ? threshold[f] : T(0);
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(kThreads)
 steer_codes_kernel(index_t d, index_t k, const T* base, const T* __restrict__ values,
@@ -69,7 +99,7 @@ steer_codes_kernel(index_t d, index_t k, const T* base, const T* __restrict__ va
     for (int c = threadIdx.x; c < cn; c += blockDim.x) {
       const T zf = first_pos[c] == 0x7FFFFFFF ? T(0) : vr[first_pos[c]];
       z[row * count + c0 + c] = zf;
-      delta[c] = clamp_delta(zf, targets[c0 + c], mode, only_active);
+      delta[c] = feature_ok(features[c0 + c], d_sae) ? clamp_delta(zf, targets[c0 + c], mode, only_active) : T(0);
     }
     __syncthreads();
     add_deltas<T>(row, d, base, dec_rows + c0 * d, delta, cn, c0 == 0, y);
@@ -79,6 +109,7 @@ steer_codes_kernel(index_t d, index_t k, const T* base, const T* __restrict__ va
 template <class T>
 __global__ void __launch_bounds__(kThreads)
 steer_threshold_kernel(index_t d, const T* __restrict__ x, const T* __restrict__ b_dec, index_t count,
+                       const int64_t* __restrict__ features, index_t d_sae,
                        const T* __restrict__ enc_cols, const T* __restrict__ b_enc_f,
                        const T* __restrict__ threshold_f, const T* __restrict__ dec_rows,
                        const T* __restrict__ targets, int mode, bool only_active, T* __restrict__ y,
@@ -97,11 +128,12 @@ steer_threshold_kernel(index_t d, const T* __restrict__ x, const T* __restrict__
       for (index_t i = lane; i < d; i += 32) pre += (b_dec != nullptr ? xr[i] - b_dec[i] : xr[i]) * we[i];
       for (int o = 16; o > 0; o >>= 1) pre += __shfl_down_sync(kFull, pre, o);
       if (lane == 0) {
+        const bool ok = feature_ok(features[c0 + c], d_sae);
         pre += b_enc_f[c0 + c];
         const T t = threshold_f != nullptr ? threshold_f[c0 + c] : T(0);
-        const T zf = pre != pre ? pre : ((pre > t && pre > T(0)) ? pre : T(0));  // NaN kept, as encode
+        const T zf = !ok ? T(0) : pre != pre ? pre : ((pre > t && pre > T(0)) ? pre : T(0));  // NaN kept
         z[row * count + c0 + c] = zf;
-        delta[c] = clamp_delta(zf, targets[c0 + c], mode, only_active);
+        delta[c] = ok ? clamp_delta(zf, targets[c0 + c], mode, only_active) : T(0);
       }
     }
     __syncthreads();
@@ -110,6 +142,22 @@ steer_threshold_kernel(index_t d, const T* __restrict__ x, const T* __restrict__
 }
 
 }  // namespace
+
+void gather_clamp(int t_dtype, int w_dtype, index_t d, index_t d_sae, index_t count, const int64_t* features,
+                  const void* w_enc, index_t enc_rs, index_t enc_cs, const void* b_enc, const void* threshold,
+                  const void* w_dec, index_t dec_rs, index_t dec_cs, void* enc_cols, void* b_f, void* thr_f,
+                  void* dec_rows, unsigned long long* report, void* stream) {
+  if (count <= 0) return;
+  dispatch(t_dtype, w_dtype, "gather_clamp", [&](auto t, auto wt) {
+    using T = decltype(t);
+    using W = decltype(wt);
+    gather_clamp_kernel<T, W><<<blocks_for(count, 1, 0x7FFFFFFF), kThreads, 0, as_stream(stream)>>>(
+        d, d_sae, features, static_cast<const W*>(w_enc), enc_rs, enc_cs, static_cast<const T*>(b_enc),
+        static_cast<const T*>(threshold), static_cast<const W*>(w_dec), dec_rs, dec_cs, static_cast<T*>(enc_cols),
+        static_cast<T*>(b_f), static_cast<T*>(thr_f), static_cast<T*>(dec_rows), report);
+    check_launch("gather_clamp");
+  });
+}
 
 void steer_codes(int t_dtype, index_t n, index_t d, index_t k, const void* base, const void* values,
                  const int64_t* indices, index_t d_sae, index_t count, const int64_t* features, const void* targets,
@@ -133,19 +181,19 @@ void steer_codes(int t_dtype, index_t n, index_t d, index_t k, const void* base,
 }
 
 void steer_threshold(int t_dtype, index_t n, index_t d, const void* x, const void* b_dec, index_t count,
-                     const void* enc_cols, const void* b_enc_f, const void* threshold_f, const void* dec_rows,
+                     const int64_t* features, index_t d_sae, const void* enc_cols, const void* b_enc_f, const void* threshold_f, const void* dec_rows,
                      const void* targets, int mode, bool only_active, void* y, void* z, void* stream) {
   if (n <= 0) return;
   const unsigned blocks = blocks_for(n, 1, 0x7FFFFFFF);
   if (DType(t_dtype) == DType::f32)
     steer_threshold_kernel<float><<<blocks, kThreads, 0, as_stream(stream)>>>(
-        d, static_cast<const float*>(x), static_cast<const float*>(b_dec), count,
+        d, static_cast<const float*>(x), static_cast<const float*>(b_dec), count, features, d_sae,
         static_cast<const float*>(enc_cols), static_cast<const float*>(b_enc_f),
         static_cast<const float*>(threshold_f), static_cast<const float*>(dec_rows),
         static_cast<const float*>(targets), mode, only_active, static_cast<float*>(y), static_cast<float*>(z));
   else if (DType(t_dtype) == DType::f64)
     steer_threshold_kernel<double><<<blocks, kThreads, 0, as_stream(stream)>>>(
-        d, static_cast<const double*>(x), static_cast<const double*>(b_dec), count,
+        d, static_cast<const double*>(x), static_cast<const double*>(b_dec), count, features, d_sae,
         static_cast<const double*>(enc_cols), static_cast<const double*>(b_enc_f),
         static_cast<const double*>(threshold_f), static_cast<const double*>(dec_rows),
         static_cast<const double*>(targets), mode, only_active, static_cast<double*>(y), static_cast<double*>(z));

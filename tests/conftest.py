@@ -5,7 +5,24 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+
+def _use_sanitized_module(path: str) -> None:
+    """tests/sanitize/run.py: the AddressSanitizer build of sae_native._C replaces the installed one."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sae_native._C", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["sae_native._C"] = module
+
+
+if os.environ.get("SAE_NATIVE_SANITIZED_C"):
+    _use_sanitized_module(os.environ["SAE_NATIVE_SANITIZED_C"])
+
 import sae_native as sn  # noqa: E402
+
+if os.environ.get("SAE_NATIVE_SANITIZED_C"):
+    sn._C = sys.modules["sae_native._C"]
+    assert sn._C.__file__ == os.environ["SAE_NATIVE_SANITIZED_C"]
 from cuda_emu import build as emu_build  # noqa: E402
 from sae_native import _C  # noqa: E402
 

@@ -44,6 +44,26 @@ def test_isa_environment_variable_forces_a_variant():
     assert out.stdout.strip() == env_isa
 
 
+@pytest.mark.parametrize("value, warns", [("bogus", "is not a kernel variant"), ("AVX9", "is not a kernel variant"),
+                                          ("GENERIC", None), (" generic ", None)])
+def test_isa_environment_variable_is_checked(value, warns):
+    import os
+    import subprocess
+    import sys
+    code = ("import warnings; warnings.simplefilter('always'); import sae_native as sn; "
+            "print(sn.build_info()['cpu_isa'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "SAE_NATIVE_ISA": value})
+    assert out.returncode == 0, out.stderr
+    if warns is None:
+        assert out.stdout.strip() == "generic" and "SAE_NATIVE_ISA" not in out.stderr
+    else:
+        best = sn.build_info()["cpu_isas_supported"][0]
+        assert out.stdout.strip() == best
+        assert f"SAE_NATIVE_ISA={value!r} {warns}; accepted values here: " in out.stderr
+        assert ", ".join(sn.build_info()["cpu_isas_supported"]) in out.stderr
+
+
 def test_sparse_codes_validation_and_helpers():
     with pytest.raises(ValueError, match="indices: expected the shape of values"):
         sn.SparseCodes(torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.int64), 10)

@@ -177,9 +177,13 @@ def test_threshold_nan_row_activates_everything(dev):
     sae, w = dev_sae(dev, 8, 300, "jumprelu")
     x = randn(3, 8)
     x[2, 0] = math.nan
-    codes = encode_on(dev, sae, x)
+    codes = sae.encode(x.to(dev), nan="propagate").to("cpu")
     assert int(codes.counts[2]) == 300 and torch.isnan(codes.values[2]).all()
     assert sorted(codes.indices[2].tolist()) == list(range(300))
+    compact = encode_on(dev, sae, x)   # the default: the row's lowest non-finite latent only
+    assert compact.k == max(1, int(codes.counts[:2].max())) and int(compact.counts[2]) == 1
+    assert int(compact.indices[2, 0]) == 0 and torch.isnan(compact.values[2, 0])
+    assert torch.equal(compact.indices[:2, :compact.k], codes.indices[:2, :compact.k])
 
 
 def test_threshold_reference_kernels_agree(dev, raw):
@@ -326,6 +330,26 @@ def test_steer_odd_sizes(dev, d_in, d_sae):
             got = sae.steer(x.to(dev), {d_sae - 1: 3.0}, keep_error=keep_error).cpu()
             want = RefSAE(**w).steer(x, {d_sae - 1: 3.0}, "set", keep_error, "always")
             torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation, keep_error", [("jumprelu", True), ("topk", True), ("topk", False)])
+@pytest.mark.parametrize("bad", [97, 10**11, -5])
+def test_steer_skips_clamp_features_edited_out_of_range(dev, activation, keep_error, bad):
+    # A parsed clamp edited behind its version counter reaches the kernels unchecked (its range
+    # report is not read back: that would be a GPU sync per call). The kernels skip the feature,
+    # never reading it: the result is the steering by the other features. Called directly, the op
+    # reads the report and raises.
+    sae, w = dev_sae(dev, 23, 97, activation, 11, torch.float32, seed=4)
+    x = randn(9, 23, seed=2)
+    parsed = sae.parse_clamp({5: 3.0, 8: 1.5})
+    parsed.features.data[0] = bad    # .data: the version counter does not see it
+    got = sae.steer(x.to(dev), parsed, keep_error=keep_error).cpu()
+    want = RefSAE(**w).steer(x, {8: 1.5}, "set", keep_error, "always")
+    torch.testing.assert_close(got.double(), want, atol=5e-5, rtol=5e-5)
+    with pytest.raises(ValueError, match="features must lie in"):
+        torch.ops.sae_native.steer_codes(x.to(dev), *(lambda c: (c.values, c.indices))(sae.encode(x.to(dev))),
+                                         sae.W_dec, sae.b_dec, parsed.features, parsed.targets, "set", False,
+                                         keep_error)
 
 
 @pytest.mark.parametrize("activation", ["topk", "jumprelu"])

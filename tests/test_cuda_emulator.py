@@ -210,10 +210,10 @@ def test_index_readback_only_for_codes_from_outside(emulator, monkeypatch):
     reads = []
     real = cuda_launch._IndexReport.raise_if_any
 
-    def spy(self, op, rows):
+    def spy(self, op, rows, *what):
         if self.t is not None:
             reads.append(op)
-        return real(self, op, rows)
+        return real(self, op, rows, *what)
 
     monkeypatch.setattr(cuda_launch._IndexReport, "raise_if_any", spy)
     with emulated_cuda(emulator):

@@ -190,9 +190,10 @@ def test_nan_inputs_follow_the_dense_formula():
     ok = torch.tensor([0, 1, 3, 4])
     check_topk_codes(sn.SparseCodes(codes.values[ok], codes.indices[ok], 50), ref, x[ok])
     assert torch.isnan(sae(x)[2]).all() and torch.isfinite(sae(x)[ok]).all()
-    # Threshold SAEs: z = relu(pre) * (pre > thr) is NaN at every latent of a NaN row.
+    # Threshold SAEs: z = relu(pre) * (pre > thr) is NaN at every latent of a NaN row; the dense
+    # formula keeps them all with nan="propagate" (the default keeps one: tests/test_nonfinite.py).
     sae_t, _ = make_pair(12, 50, "jumprelu")
-    codes_t = sae_t.encode(x)
+    codes_t = sae_t.encode(x, nan="propagate")
     assert int(codes_t.counts[2]) == 50 and torch.isnan(codes_t.values[2]).all()
     assert torch.isnan(codes_t.to_dense()[2]).all()
 

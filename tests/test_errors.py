@@ -75,6 +75,10 @@ def test_input_errors(x, exc, match):
     ((torch.tensor([1]), torch.tensor([math.inf])), ValueError, r"clamp: values must be finite"),
     ([1, 2, 3], TypeError, r"clamp: expected a dict"),
     (5, TypeError, r"clamp: expected a dict"),
+    # A list of pairs once read as features [1, 5] with values [2, 7]: ambiguous, refused.
+    ([(1, 5), (2, 7)], TypeError, r"clamp: expected a dict .*a list is ambiguous \(\[\(1, 5\), \(2, 7\)\]"),
+    ([[1, 5], [2.0, 7.0]], TypeError, r"a list is ambiguous"),
+    (((1, 5), (2, 7)), TypeError, r"clamp: \(\(1, 5\), \(2, 7\)\) is ambiguous \(two \(feature, value\) pairs"),
 ])
 def test_clamp_errors(clamp, exc, match):
     for activation in ("topk", "jumprelu"):

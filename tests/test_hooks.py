@@ -148,6 +148,32 @@ def test_hooks_are_removed_after_the_block_and_on_exceptions(model_site):
         assert torch.equal(model(ids).logits, base)
 
 
+def test_a_removed_handle_attaches_again(model_site):
+    # A second `with h:` once left the model silently unsteered; it re-attaches the hook.
+    model, site = model_site
+    ids = tokens()
+    sae = random_sae()
+    with torch.no_grad():
+        base = model(ids).logits
+        h = sn.steer(model, site, sae, {1: 50.0})
+        with h:
+            steered = model(ids).logits
+        assert not h.attached and torch.equal(model(ids).logits, base)
+        with h:
+            assert h.attached
+            assert torch.equal(model(ids).logits, steered)
+        assert not h.attached and torch.equal(model(ids).logits, base)
+        h.attach()
+        h.attach()   # attached once, not twice
+        assert torch.equal(model(ids).logits, steered)
+        h.remove()
+        with sn.record(model, site, sae) as rec:
+            model(ids)
+        with rec:
+            model(ids)
+        assert len(rec.codes) == 2
+
+
 def test_nesting_and_several_sites():
     model, _ = MODELS["llama"]()
     sae = random_sae()

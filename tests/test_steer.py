@@ -140,3 +140,46 @@ def test_a_parsed_clamp_made_or_changed_by_hand_is_checked_again(activation, kee
     parsed.features[1] = 3
     with pytest.raises(ValueError, match="distinct"):
         sae.steer(x, parsed, keep_error=keep_error)
+
+
+def _edited_behind_the_version_counter(parsed, value, how):
+    """Writes one feature id in a way torch's version counter does not see."""
+    if how == "numpy":
+        parsed.features.numpy()[0] = value
+    else:
+        parsed.features.data[0] = value
+
+
+@pytest.mark.parametrize("activation, keep_error", [("jumprelu", True), ("jumprelu", False), ("relu", True),
+                                                    ("topk", True), ("topk", False)])
+@pytest.mark.parametrize("bad", [40, 67, 10**11, -1, -(2**62)])
+@pytest.mark.parametrize("how", ["numpy", "data", "inference_mode"])
+def test_a_clamp_edited_behind_the_version_counter_never_reaches_memory(activation, keep_error, bad, how):
+    # Python skips re-checking a parsed clamp whose version is unchanged; these edits are not seen
+    # there, so the kernels themselves must refuse the feature (once: a segfault, or garbage).
+    sae, _ = make_pair(16, 40, activation, 4)
+    x = randn(3, 16)
+    if how == "inference_mode":
+        with torch.inference_mode():
+            parsed = sae.parse_clamp({1: 5.0, 2: 1.0})
+        parsed.features.numpy()[0] = bad
+    else:
+        parsed = sae.parse_clamp({1: 5.0, 2: 1.0})
+        _edited_behind_the_version_counter(parsed, bad, how)
+    with pytest.raises(ValueError, match=rf"features must lie in \[0, 40\) \(d_sae\), got {bad}"):
+        sae.steer(x, parsed, keep_error=keep_error)
+
+
+@pytest.mark.parametrize("bad", [40, 10**11, -3])
+def test_raw_steer_ops_refuse_out_of_range_features(bad):
+    w = make_weights(16, 40, "jumprelu")
+    x = randn(3, 16)
+    features, targets = torch.tensor([3, bad]), torch.tensor([1.0, 2.0])
+    with pytest.raises(ValueError, match="steer_threshold: features must lie in"):
+        torch.ops.sae_native.steer_threshold(x, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], w["threshold"],
+                                             features, targets, "set", False)
+    codes = sn.SAE(**w).encode(x)
+    for keep_error in (True, False):
+        with pytest.raises(ValueError, match="steer_codes: features must lie in"):
+            torch.ops.sae_native.steer_codes(x, codes.values, codes.indices, w["W_dec"], w["b_dec"], features,
+                                             targets, "set", False, keep_error)

@@ -33,6 +33,17 @@ def test_set_num_threads_rejects_non_positive(bad):
         sn.set_num_threads(bad)
 
 
+@pytest.mark.parametrize("bad", [60000, 10**9])
+def test_set_num_threads_refuses_absurd_counts(bad):
+    # 60000 once reached libgomp, which killed the process ("Thread creation failed").
+    from sae_native._runtime import max_threads
+    with pytest.raises(ValueError, match=rf"n: expected an int >= 1 and <= {max_threads()}"):
+        sn.set_num_threads(bad)
+    before = sn.get_num_threads()
+    sn.set_num_threads(max_threads())       # the bound itself is fine
+    sn.set_num_threads(before)
+
+
 @pytest.mark.parametrize("bad", [1.5, "2", True, None])
 def test_set_num_threads_rejects_non_int(bad):
     with pytest.raises(TypeError, match="n: expected an int"):

@@ -9,7 +9,7 @@
 from . import _ops  # noqa: F401  (declares the torch.ops.sae_native ops)
 from . import backends  # noqa: F401  (registers their kernels)
 from . import functional
-from ._runtime import _init_threads, build_info, get_num_threads, set_num_threads
+from ._runtime import _init_isa, _init_threads, build_info, get_num_threads, set_num_threads
 from .codes import SparseCodes
 from .features import FeatureMatch, find_features
 from .formats import load
@@ -23,4 +23,5 @@ __all__ = ["SAE", "SparseCodes", "functional", "build_info", "set_num_threads", 
            "splice", "steer", "attach", "feature_stats", "FeatureStats", "load", "train", "Trainer", "TrainConfig",
            "evaluate", "ce_loss_recovered", "stream_activations", "find_features", "FeatureMatch", "__version__"]
 
+_init_isa()
 _init_threads()

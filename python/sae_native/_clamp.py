@@ -73,9 +73,21 @@ def _target(v, f: int, feature_max: Optional[Tensor] = None) -> float:
     return v
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _reads_as_pairs(clamp: tuple) -> bool:
+    """Whether a tuple (features, values) also reads as two (feature, value) pairs."""
+    return all(not isinstance(t, Tensor) and isinstance(t, (tuple, list)) and len(t) == 2 and _is_int(t[0])
+               for t in clamp) and all(_is_int(f) for f in clamp[0])
+
+
 def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device, feature_max: Optional[Tensor] = None) -> ParsedClamp:
-    """``clamp`` is ``{feature: value}`` or a pair ``(features, values)`` of tensors or sequences,
-    or an already ParsedClamp. A dict value may be ``("max", s)``: s times the feature's recorded
+    """``clamp`` is ``{feature: value}`` or a tuple ``(features, values)`` of tensors or sequences,
+    or an already ParsedClamp. A list is refused: ``[(1, 5), (2, 7)]`` could be two (feature, value)
+    pairs or features [1, 5] with values [2, 7]; so is a tuple that reads both ways (two integer
+    2-sequences, like ``((1, 5), (2, 7))``): give tensors, or a dict. A dict value may be ``("max", s)``: s times the feature's recorded
     maximum (``feature_max``, from sn.feature_stats).
 
     Returns int64 ``features [C]`` and ``targets [C]`` of ``dtype``. Features must be distinct
@@ -91,8 +103,15 @@ def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device, feature_max: Opti
         vals = [_target(v, f, feature_max) for f, v in zip(feats, clamp.values())]
         features = torch.tensor(feats, dtype=torch.int64, device=device)
         targets = torch.tensor(vals, dtype=dtype, device=device)
-    elif isinstance(clamp, (tuple, list)) and len(clamp) == 2:
+    elif isinstance(clamp, list):
+        raise TypeError(f"clamp: expected a dict {{feature: value}} or a tuple (features, values); a list is "
+                        f"ambiguous ({clamp!r:.60}: (feature, value) pairs, or [features, values]?)")
+    elif isinstance(clamp, tuple) and len(clamp) == 2:
         features, targets = clamp
+        if _reads_as_pairs(clamp):
+            raise TypeError(f"clamp: {clamp!r} is ambiguous (two (feature, value) pairs, or features "
+                            f"{list(features)} with values {list(targets)}?); pass a dict {{feature: value}} or "
+                            "tensors (torch.tensor(features), torch.tensor(values))")
         if not isinstance(features, Tensor):
             features = torch.tensor([_feature_id(f, d_sae) for f in features], dtype=torch.int64)
         if not isinstance(targets, Tensor):

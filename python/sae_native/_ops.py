@@ -79,16 +79,19 @@ def _(x, W_enc, b_enc, b_dec, k, packed):
 
 @torch.library.custom_op("sae_native::encode_threshold", mutates_args=())
 def encode_threshold(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor],
-                     threshold: Optional[Tensor], packed: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+                     threshold: Optional[Tensor], packed: Optional[Tensor],
+                     compact_nonfinite: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
     """Threshold encode (JumpReLU; ReLU when threshold is None): the latents with
     ``relu(pre) * (pre > threshold)`` non-zero, per row, sorted by value descending, padded to the
     batch's largest count with value 0 and index -1. Returns (values, indices, counts).
-    ``packed`` as for encode_topk."""
+    ``packed`` as for encode_topk. With ``compact_nonfinite`` a row whose active latents include a
+    non-finite value keeps only the lowest such latent (one NaN token cannot widen every row's
+    codes to d_sae); without it every active latent is kept, as the dense formula has it."""
     raise _no_backend("encode_threshold", x, W_enc)
 
 
 @encode_threshold.register_fake
-def _(x, W_enc, b_enc, b_dec, threshold, packed):
+def _(x, W_enc, b_enc, b_dec, threshold, packed, compact_nonfinite=True):
     width = torch.library.get_ctx().new_dynamic_size()
     n = x.shape[0]
     return (x.new_empty(n, width), x.new_empty(n, width, dtype=torch.int64),
@@ -125,7 +128,7 @@ def _encode_backward(ctx, g_values, *_unused):
         shape, dtype = ctx.b_enc_meta
         g_b_enc = g_pre.new_zeros(shape).index_add_(0, indices.clamp_min(0).flatten(), g_pre.flatten())
         g_b_enc = g_b_enc.to(dtype)
-    return g_x, g_W_enc, g_b_enc, g_b_dec, None, None
+    return (g_x, g_W_enc, g_b_enc, g_b_dec) + (None,) * (len(ctx.needs_input_grad) - 4)
 
 
 encode_topk.register_autograd(_encode_backward, setup_context=_encode_setup)

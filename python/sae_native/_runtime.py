@@ -5,6 +5,7 @@ import ctypes
 import os
 import platform
 import re
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
@@ -56,15 +57,23 @@ def _cuda_module():
     return _cuda
 
 
+def max_threads() -> int:
+    """The most threads set_num_threads accepts: 4 per CPU, at least 64. More cannot run faster,
+    and OpenMP aborts the whole process (no Python error) when it cannot create them."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
 def set_num_threads(n: int) -> None:
     """Sets how many threads the native kernels use (the calling thread included).
 
-    The default is ``torch.get_num_threads()`` at import. ``n`` must be an int >= 1.
+    The default is ``torch.get_num_threads()`` at import (1 in a forked child, such as a
+    DataLoader worker). ``n`` must be an int in ``[1, max_threads()]``.
     """
+    limit = max_threads()
     if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n: expected an int >= 1, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n: expected an int >= 1, got {n}")
+        raise TypeError(f"n: expected an int >= 1 and <= {limit}, got {type(n).__name__}")
+    if not 1 <= n <= limit:
+        raise ValueError(f"n: expected an int >= 1 and <= {limit} (4 threads per CPU at most), got {n}")
     _C.set_num_threads(n)
 
 
@@ -99,6 +108,22 @@ def build_info() -> Dict[str, Any]:
     }
 
 
+def _init_isa() -> None:
+    """Applies SAE_NATIVE_ISA (case-insensitive): a variant the CPU supports is used; any other
+    value warns, naming the accepted ones, and the best supported variant stays."""
+    wanted = os.environ.get("SAE_NATIVE_ISA")
+    if wanted is None or not wanted.strip():
+        return
+    name = wanted.strip().lower()
+    supported = list(_C.supported_isas())
+    if name in supported:
+        _C.select_isa(name)
+        return
+    why = "is not supported by this CPU" if name in _C.compiled_isas() else "is not a kernel variant"
+    warnings.warn(f"SAE_NATIVE_ISA={wanted!r} {why}; accepted values here: {', '.join(supported)}. "
+                  f"Using {_C.cpu_isa()!r}.", RuntimeWarning, stacklevel=3)
+
+
 def _init_threads() -> None:
-    _C.set_num_threads(max(1, torch.get_num_threads()))
+    _C.set_num_threads(min(max(1, torch.get_num_threads()), max_threads()))
     select_thread_pool(os.environ.get("SAE_NATIVE_THREAD_POOL", "openmp"))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import _ops
-from ._clamp import check_mode, parse_clamp
+from ._clamp import check_mode, features_checked, parse_clamp
 from ._known_valid import call_known_valid
 from ._weights import SAEWeights
 from .codes import SparseCodes
@@ -29,14 +29,16 @@ __all__ = ["encode", "decode", "reconstruct", "steer"]
 
 
 def encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, *, activation: str = "topk", k: Optional[int] = None,
-           threshold: Optional[Tensor] = None, b_dec: Optional[Tensor] = None, normalize: str = "none") -> SparseCodes:
-    """Sparse codes of ``x``; ``b_dec`` (if given) is subtracted from x first (after ``normalize``)."""
+           threshold: Optional[Tensor] = None, b_dec: Optional[Tensor] = None, normalize: str = "none",
+           nan: str = "compact") -> SparseCodes:
+    """Sparse codes of ``x``; ``b_dec`` (if given) is subtracted from x first (after ``normalize``).
+    ``nan``: what a row with non-finite pre-activations becomes (see ``SAE.encode``)."""
     W_enc = _as_tensor("W_enc", W_enc)
     # Encoding needs no decoder: W_enc.t() and a zero b_dec stand in for the validation.
     w = SAEWeights.validated(W_enc, b_enc, W_enc.t(), b_dec if b_dec is not None else b_enc.new_zeros(W_enc.shape[0]),
                              activation=activation, k=k, threshold=threshold,
                              apply_b_dec_to_input=b_dec is not None, normalize=normalize)
-    return encode_with(w, x)
+    return encode_with(w, x, nan=nan)
 
 
 def decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tensor] = None) -> Tensor:
@@ -75,8 +77,13 @@ def steer(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
 # ---- the same on validated weights (SAE calls these) ----------------------------------------
 
 
-def encode_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None) -> SparseCodes:
+NAN_RULES = ("compact", "propagate", "raise")
+
+
+def encode_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None, nan: str = "compact") -> SparseCodes:
     """Encode with validated weights; ``packed`` is a ``backends.PackedEncoder`` output or None."""
+    if nan not in NAN_RULES:
+        raise ValueError(f"nan: expected one of {NAN_RULES}, got {nan!r}")
     x2, lead = _flat_input(w, x)
     x2, shift, scale = _normalize_input(w, x2)
     b_in = w.input_bias
@@ -86,8 +93,11 @@ def encode_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None) -> Sp
     elif w.activation == "groupmax":
         values, indices = _ops.encode_groupmax(x2, w.W_enc, w.b_enc, b_in, w.k, packed)
     else:
-        values, indices, counts = _ops.encode_threshold(x2, w.W_enc, w.b_enc, b_in, w.threshold, packed)
+        values, indices, counts = _ops.encode_threshold(x2, w.W_enc, w.b_enc, b_in, w.threshold, packed,
+                                                        nan != "propagate")
         counts = counts.reshape(lead)
+    if nan == "raise":
+        _raise_on_nonfinite(values, lead)
     width = values.shape[-1]
     stats = None if scale is None else (None if shift is None else shift.reshape(*lead, 1), scale.reshape(*lead, 1))
     return SparseCodes(values.reshape(*lead, width), indices.reshape(*lead, width), w.d_sae, counts,
@@ -124,19 +134,34 @@ def steer_with(w: SAEWeights, x: Tensor, clamp, *, mode: str = "set", keep_error
     x2, lead = _flat_input(w, x)
     features, targets = parse_clamp(clamp, w.d_sae, x2.dtype, x2.device, feature_max)
     xn, shift, scale = _normalize_input(w, x2)
+    # Features parse_clamp checked need no read-back of the kernels' range report (a GPU sync);
+    # the kernels skip an out-of-range feature either way, never reading it.
+    known = not torch.compiler.is_compiling() and features_checked(features, w.d_sae)
+    run = call_known_valid if known else _call
     if w.activation in ("jumprelu", "relu") and keep_error:
         # z_f needs only column f of W_enc: O(|C| * d_in) per row, whatever d_sae is.
-        y, _ = _ops.steer_threshold(xn, w.W_enc, w.b_enc, w.W_dec, w.input_bias, w.threshold, features, targets,
-                                    mode, only_active)
+        y, _ = run(_ops.steer_threshold, xn, w.W_enc, w.b_enc, w.W_dec, w.input_bias, w.threshold, features,
+                   targets, mode, only_active)
     else:
         codes = encode_with(w, xn, packed) if scale is None else \
             encode_with(dataclasses.replace(w, normalize="none"), xn, packed)
-        y, _ = call_known_valid(_ops.steer_codes, xn, codes.values, codes.indices, w.W_dec, w.b_dec, features,
-                                targets, mode, only_active, keep_error)
+        y, _ = run(_ops.steer_codes, xn, codes.values, codes.indices, w.W_dec, w.b_dec, features, targets, mode,
+                   only_active, keep_error)
     if scale is not None:
         # Back to the input's space: the change is scaled; without keep_error the shift comes back.
         y = x2 + (y - xn) * scale if keep_error else _denormalize(y, shift, scale)
     return y.reshape(*lead, w.d_in).to(x.dtype)
+
+
+def _raise_on_nonfinite(values: Tensor, lead: tuple) -> None:
+    """nan="raise": a row whose codes hold a non-finite value is an error naming the row."""
+    bad = (~torch.isfinite(values)).any(-1)
+    if bool(bad.any()):  # reads back (on a GPU, a synchronisation): only when asked for
+        flat = int(bad.nonzero()[0, 0])
+        where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), lead)) if lead else ()
+        raise ValueError(f"x: row {list(where)} (of leading shape {list(lead)}) gives non-finite pre-activations "
+                         f"(a NaN or inf in x, or overflow); {int(bad.sum())} such rows. Use nan='compact' or "
+                         "'propagate' to encode them anyway")
 
 
 def _normalize_input(w: SAEWeights, x2: Tensor):
@@ -161,6 +186,10 @@ def _denormalize(y: Tensor, shift: Optional[Tensor], scale: Tensor) -> Tensor:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
+
+def _call(fn, *args):
+    return fn(*args)
 
 
 def _as_tensor(name: str, t) -> Tensor:

@@ -73,13 +73,22 @@ def _check_width(hidden: Tensor, sae, site) -> None:
 # ---- the handle -----------------------------------------------------------------------------------
 
 class SiteHook:
-    """A forward hook at one site: removed by ``remove()`` or on leaving a ``with`` block (also
-    when the block raises). Hooks on one site run in the order they were attached."""
+    """A forward hook at one site, attached when made: removed by ``remove()`` or on leaving a
+    ``with`` block (also when the block raises). A removed handle can be used again: entering a
+    ``with`` block (or ``attach()``) attaches it once more, behind the hooks attached meanwhile.
+    Hooks on one site run in the order they were attached."""
 
     def __init__(self, model: nn.Module, site: Site, sae):
         self.model, self.site, self.sae = model, site, sae
         self.module = resolve_site(model, site)
-        self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
+        self._handle = None
+        self.attach()
+
+    def attach(self) -> "SiteHook":
+        """Attaches the hook again after ``remove()`` (nothing to do while it is attached)."""
+        if self._handle is None:
+            self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
+        return self
 
     def _hook(self, module, args, kwargs, output):
         hidden, rebuild = split_output(output)
@@ -101,7 +110,7 @@ class SiteHook:
             self._handle = None
 
     def __enter__(self):
-        return self
+        return self.attach()
 
     def __exit__(self, *exc) -> None:
         self.remove()

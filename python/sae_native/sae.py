@@ -56,9 +56,15 @@ class SAE:
     dtype = property(lambda self: self._w.W_enc.dtype)
 
     # ---- operations -----------------------------------------------------------------------
-    def encode(self, x: Tensor) -> SparseCodes:
-        """Sparse codes of ``x [..., d_in]``: values and indices ``[..., k]`` (see SparseCodes)."""
-        return F.encode_with(self._w, x, self._packed.get())
+    def encode(self, x: Tensor, *, nan: str = "compact") -> SparseCodes:
+        """Sparse codes of ``x [..., d_in]``: values and indices ``[..., k]`` (see SparseCodes).
+
+        ``nan`` says what a row with a non-finite pre-activation (a NaN or inf token) becomes:
+        ``"compact"`` (default) keeps TopK codes as the formula gives them and cuts a JumpReLU/ReLU
+        row to its lowest non-finite latent, so one bad token cannot widen the batch's codes to
+        d_sae; ``"propagate"`` keeps every active latent, as the dense formula has it;
+        ``"raise"`` raises a ValueError naming the first such row."""
+        return F.encode_with(self._w, x, self._packed.get(), nan=nan)
 
     def decode(self, codes) -> Tensor:
         """Reconstruction ``[..., d_in]`` from SparseCodes or a pair (values, indices)."""

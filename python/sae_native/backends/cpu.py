@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from ._checks import OpChecks, fail, groupmax_k, indices_reported, topk_k
+from ._checks import OpChecks, features_reported, groupmax_k, indices_reported, topk_k
 from ._dtypes import dtype_code
 from .cpu_packing import check_packed, pack
 
@@ -29,6 +29,13 @@ def _indices_ok(op: str, report, rows: int) -> None:
     which spin for a while after each parallel op, off the cores our kernel is about to use.)"""
     count, example = report
     indices_reported(op, int(count), int(example), rows)
+
+
+def _features_ok(op: str, report, d_sae: int) -> None:
+    """The steering kernels skip clamp features outside [0, d_sae) and count them (they never
+    trust the caller's check for memory safety); a non-zero count is an error."""
+    count, example = report
+    features_reported(op, int(count), int(example), d_sae)
 
 
 def _packed(op: str, packed: Optional[Tensor], W_enc: Tensor) -> Tensor:
@@ -62,13 +69,14 @@ def _encode_groupmax(x, W_enc, b_enc, b_dec, k, packed):
 
 
 @torch.library.register_kernel("sae_native::encode_threshold", "cpu")
-def _encode_threshold(x, W_enc, b_enc, b_dec, threshold, packed):
+def _encode_threshold(x, W_enc, b_enc, b_dec, threshold, packed, compact_nonfinite=True):
     x, T, d_in, d_sae, b_enc, b_dec = _chk.encode_prologue("encode_threshold", x, W_enc, b_enc, b_dec)
     threshold = _chk.vector("encode_threshold", "threshold", threshold, d_sae, T)
     n = x.shape[0]
     packed = _packed("encode_threshold", packed, W_enc)
     result = _C.encode_threshold(dtype_code(T), dtype_code(W_enc.dtype), n, d_in, d_sae, x.data_ptr(),
-                                 packed.data_ptr(), b_enc.data_ptr(), _ptr(b_dec), _ptr(threshold))
+                                 packed.data_ptr(), b_enc.data_ptr(), _ptr(b_dec), _ptr(threshold),
+                                 bool(compact_nonfinite))
     width = result.max_count
     values = torch.empty(n, width, dtype=T)
     indices = torch.empty(n, width, dtype=torch.int64)
@@ -121,11 +129,12 @@ def _steer_threshold(x, W_enc, b_enc, W_dec, b_dec, threshold, features, targets
     n, count = x.shape[0], features.shape[0]
     y = torch.empty_like(x)
     z = torch.empty(n, count, dtype=T)
-    _C.steer_threshold(dtype_code(T), dtype_code(W_dec.dtype), n, d_in, d_sae, x.data_ptr(),
+    features_report = _C.steer_threshold(dtype_code(T), dtype_code(W_dec.dtype), n, d_in, d_sae, x.data_ptr(),
                        W_enc.data_ptr(), W_enc.stride(0), W_enc.stride(1), b_enc.data_ptr(), _ptr(threshold),
                        _ptr(b_dec), W_dec.data_ptr(), W_dec.stride(0), W_dec.stride(1), count,
                        features.data_ptr(), targets.data_ptr(), mode_code, bool(only_active),
                        y.data_ptr(), z.data_ptr())
+    _features_ok(op, features_report, d_sae)
     return y, z
 
 
@@ -138,9 +147,10 @@ def _steer_codes(x, values, indices, W_dec, b_dec, features, targets, mode, only
     count = features.shape[0]
     y = torch.empty_like(x)
     z = torch.empty(n, count, dtype=T)
-    report = _C.steer_codes(dtype_code(T), dtype_code(W_dec.dtype), n, d_in, d_sae, k, x.data_ptr(),
+    report, features_report = _C.steer_codes(dtype_code(T), dtype_code(W_dec.dtype), n, d_in, d_sae, k, x.data_ptr(),
                             values.data_ptr(), indices.data_ptr(), W_dec.data_ptr(), W_dec.stride(0), W_dec.stride(1),
                             _ptr(b_dec), bool(keep_error), count, features.data_ptr(), targets.data_ptr(), mode_code,
                             bool(only_active), y.data_ptr(), z.data_ptr())
-    _indices_ok("steer_codes", report, d_sae)
+    _indices_ok(op, report, d_sae)
+    _features_ok(op, features_report, d_sae)
     return y, z

@@ -50,13 +50,14 @@ class Kernels:
         with self.scope(x.device):
             return launch.encode_groupmax(self.runtime(x.device), x, W_enc, b_enc, b_dec, k)
 
-    def encode_threshold(self, x, W_enc, b_enc, b_dec, threshold, packed):
+    def encode_threshold(self, x, W_enc, b_enc, b_dec, threshold, packed, compact_nonfinite=True):
         op = "encode_threshold"
         x, T, d_in, d_sae, b_enc, b_dec = self.chk.encode_prologue(op, x, W_enc, b_enc, b_dec)
         threshold = self.chk.vector(op, "threshold", threshold, d_sae, T)
         self.chk.same_device(op, x, threshold=threshold)
         with self.scope(x.device):
-            return launch.encode_threshold(self.runtime(x.device), x, W_enc, b_enc, b_dec, threshold, packed)
+            return launch.encode_threshold(self.runtime(x.device), x, W_enc, b_enc, b_dec, threshold, packed,
+                                           compact_nonfinite)
 
     def decode(self, values, indices, W_dec, b_dec):
         values, indices, T, d_sae, d_in, b_dec = self.chk.decode_weights("decode", values, indices, W_dec, b_dec)

@@ -56,14 +56,19 @@ def encode_topk(u: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> Tuple[Tensor
     return values, indices
 
 
-def encode_threshold(u: Tensor, W_enc: Tensor, b_enc: Tensor,
-                     threshold: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+def encode_threshold(u: Tensor, W_enc: Tensor, b_enc: Tensor, threshold: Optional[Tensor],
+                     compact_nonfinite: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
     n, d_sae = u.shape[0], W_enc.shape[1]
     bar = torch.zeros_like(b_enc) if threshold is None else threshold
     parts, counts = [], torch.empty(n, dtype=torch.int64, device=u.device)
     for rows in _row_blocks(n, d_sae):
         pre = preact(u[rows], W_enc, b_enc)
         active = torch.isnan(pre) | ((pre > 0) & (pre > bar))
+        if compact_nonfinite:
+            # A row with a non-finite active latent keeps only the lowest such latent.
+            bad = active & ~torch.isfinite(pre)
+            first = torch.zeros_like(active).scatter_(1, bad.to(torch.uint8).argmax(1, keepdim=True), True)
+            active = torch.where(bad.any(1, keepdim=True), first, active)
         count = active.sum(1)
         counts[rows] = count
         width = int(count.max()) if count.numel() else 0

@@ -13,8 +13,8 @@ What differs from the CPU backend:
   (``cuda_dense.py``): same contract, dense pre-activations a bounded block of rows at a time.
 - Synchronisation: the threshold encode reads its codes' width back (data-dependent, like
   ``torch.nonzero``); decode, steer_codes, sparse_dot and sparse_outer read back the kernels'
-  count of out-of-range indices when ``Runtime.index_check``. TopK encode and steer_threshold
-  never synchronise.
+  count of out-of-range indices (and the steering ops of out-of-range clamp features) when
+  ``Runtime.index_check``. TopK encode never synchronises.
 - sparse_outer adds with atomics: weight gradients are not bitwise reproducible run to run.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import cuda_dense, cuda_keys, cuda_plan
-from ._checks import fail, indices_reported
+from ._checks import fail, features_reported, indices_reported
 from ._dtypes import dtype_code
 
 _TENSOR_CORE = (torch.bfloat16, torch.float16)
@@ -63,10 +63,10 @@ class _IndexReport:
     def ptr(self) -> int:
         return _ptr(self.t)
 
-    def raise_if_any(self, op: str, rows: int) -> None:
+    def raise_if_any(self, op: str, rows: int, what: str = "indices") -> None:
         if self.t is not None:
             count, example = self.t.tolist()  # synchronises
-            indices_reported(op, count, example, rows)
+            (features_reported if what == "features" else indices_reported)(op, count, example, rows)
 
 
 def _encoder_input(x: Tensor, b_dec: Optional[Tensor], W: Tensor) -> Tensor:
@@ -127,12 +127,13 @@ def encode_groupmax(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec:
 
 
 def encode_threshold(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor],
-                     threshold: Optional[Tensor], packed: Optional[Tensor]):
+                     threshold: Optional[Tensor], packed: Optional[Tensor], compact_nonfinite: bool):
     n, d_in = x.shape
     d_sae = W_enc.shape[1]
     T = x.dtype
     if not _fused(T, W_enc) or n == 0:
-        return cuda_dense.encode_threshold(_dense_input(x, b_dec, W_enc), W_enc, b_enc, threshold)
+        return cuda_dense.encode_threshold(_dense_input(x, b_dec, W_enc), W_enc, b_enc, threshold,
+                                           compact_nonfinite)
     W = _weights("encode_threshold", W_enc, packed)
     u = _encoder_input(x, b_dec, W)
     grid = cuda_plan.threshold_grid(n, d_sae, rt.sm_count)
@@ -140,9 +141,11 @@ def encode_threshold(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec
     while True:
         counts = torch.zeros(n, dtype=torch.int64, device=x.device)
         hits = rt.empty(n, cap, dtype=torch.int64, device=x.device)   # uint64 keys
+        # uint64 per row, all ones: no non-finite latent yet (the kernel keeps the lowest one)
+        nonfinite = torch.full((n,), -1, dtype=torch.int64, device=x.device) if compact_nonfinite else None
         rt.lib.encode_threshold(dtype_code(W.dtype), n, d_in, d_sae, u.data_ptr(), W.data_ptr(), b_enc.data_ptr(),
                                 _ptr(threshold), cap, grid.chunk_latents, grid.chunks, counts.data_ptr(),
-                                hits.data_ptr(), _vec_ok(u, W), rt.stream)
+                                hits.data_ptr(), _ptr(nonfinite), _vec_ok(u, W), rt.stream)
         width = int(counts.max())  # synchronises: the codes' width is the batch's largest count
         if width <= cap:
             break
@@ -198,22 +201,42 @@ def sparse_outer(rt: Runtime, values: Tensor, indices: Tensor, g: Tensor, rows: 
     return out
 
 
+class _Clamp:
+    """The clamped features' W_enc columns, b_enc / threshold entries and W_dec rows, gathered once
+    per call by a kernel that skips (zeros) and reports features outside [0, d_sae)."""
+
+    def __init__(self, rt: Runtime, T: torch.dtype, features: Tensor, W_dec: Tensor, report: _IndexReport,
+                 W_enc: Optional[Tensor] = None, b_enc: Optional[Tensor] = None,
+                 threshold: Optional[Tensor] = None):
+        count = features.shape[0]
+        d_sae, d_in = W_dec.shape
+        dev = W_dec.device
+        self.dec_rows = rt.empty(count, d_in, dtype=T, device=dev)
+        self.enc_cols = rt.empty(count, d_in, dtype=T, device=dev) if W_enc is not None else None
+        self.b_f = rt.empty(count, dtype=T, device=dev) if b_enc is not None else None
+        self.thr_f = rt.empty(count, dtype=T, device=dev) if threshold is not None else None
+        enc_rs, enc_cs = (W_enc.stride(0), W_enc.stride(1)) if W_enc is not None else (0, 0)
+        rt.lib.gather_clamp(dtype_code(T), dtype_code(W_dec.dtype), d_in, d_sae, count, features.data_ptr(),
+                            _ptr(W_enc), enc_rs, enc_cs, _ptr(b_enc), _ptr(threshold), W_dec.data_ptr(),
+                            W_dec.stride(0), W_dec.stride(1), _ptr(self.enc_cols), _ptr(self.b_f),
+                            _ptr(self.thr_f), self.dec_rows.data_ptr(), report.ptr, rt.stream)
+
+
 def steer_threshold(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor,
                     b_dec: Optional[Tensor], threshold: Optional[Tensor], features: Tensor, targets: Tensor,
                     mode_code: int, only_active: bool):
     n, d_in = x.shape
+    d_sae = W_dec.shape[0]
     T = x.dtype
     count = features.shape[0]
     y = rt.empty(*x.shape, dtype=x.dtype, device=x.device)
     z = rt.empty(n, count, dtype=T, device=x.device)
-    # Only the clamped features' columns and rows, gathered once per call ([count, d_in]).
-    enc_cols = W_enc[:, features].t().to(T).contiguous()
-    dec_rows = W_dec[features].to(T).contiguous()
-    b_f = b_enc[features].contiguous()
-    thr_f = threshold[features].contiguous() if threshold is not None else None
-    rt.lib.steer_threshold(dtype_code(T), n, d_in, x.data_ptr(), _ptr(b_dec), count, enc_cols.data_ptr(),
-                           b_f.data_ptr(), _ptr(thr_f), dec_rows.data_ptr(), targets.data_ptr(), mode_code,
-                           bool(only_active), y.data_ptr(), z.data_ptr(), rt.stream)
+    report = _IndexReport(rt, x.device)
+    g = _Clamp(rt, T, features, W_dec, report, W_enc, b_enc, threshold)
+    rt.lib.steer_threshold(dtype_code(T), n, d_in, x.data_ptr(), _ptr(b_dec), count, features.data_ptr(), d_sae,
+                           _ptr(g.enc_cols), _ptr(g.b_f), _ptr(g.thr_f), g.dec_rows.data_ptr(), targets.data_ptr(),
+                           mode_code, bool(only_active), y.data_ptr(), z.data_ptr(), rt.stream)
+    report.raise_if_any("steer_threshold", d_sae, "features")
     return y, z
 
 
@@ -225,15 +248,17 @@ def steer_codes(rt: Runtime, x: Tensor, values: Tensor, indices: Tensor, W_dec: 
     count = features.shape[0]
     y = rt.empty(*x.shape, dtype=x.dtype, device=x.device)
     z = rt.empty(n, count, dtype=T, device=x.device)
-    dec_rows = W_dec[features].to(T).contiguous()
     report = _IndexReport(rt, x.device)
+    feature_report = _IndexReport(rt, x.device)
+    g = _Clamp(rt, T, features, W_dec, feature_report)
     if keep_error:
         base = x
     else:  # y starts as the decoded codes (plus b_dec); the kernel adds the clamp's change in place
         _decode_into(rt, y, values, indices, W_dec, b_dec, report)
         base = y
     rt.lib.steer_codes(dtype_code(T), n, d_in, k, base.data_ptr(), values.data_ptr(), indices.data_ptr(), d_sae,
-                       count, features.data_ptr(), targets.data_ptr(), dec_rows.data_ptr(), mode_code,
+                       count, features.data_ptr(), targets.data_ptr(), g.dec_rows.data_ptr(), mode_code,
                        bool(only_active), y.data_ptr(), z.data_ptr(), report.ptr if keep_error else 0, rt.stream)
     report.raise_if_any("steer_codes", d_sae)
+    feature_report.raise_if_any("steer_codes", d_sae, "features")
     return y, z

@@ -53,7 +53,14 @@ def load(path, *, device=None, dtype=None, format: Optional[str] = None, progres
         format = detect(path)
     elif format not in FORMATS:
         raise ValueError(f"format: expected one of {tuple(FORMATS)}, got {format!r}")
-    spec = FORMATS[format].load(path, progress=progress)
+    try:
+        spec = FORMATS[format].load(path, progress=progress)
+    except (FormatError, FileNotFoundError):
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
+            RecursionError) as e:
+        # Whatever a malformed file trips in a loader still names the file.
+        raise FormatError(f"{path}: cannot load as {format} ({type(e).__name__}: {e})") from None
     return build(spec, device=device, dtype=dtype, fmt=format, path=path)
 
 

@@ -38,9 +38,40 @@ def read_json(path: str) -> Dict[str, Any]:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise FormatError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise FormatError(f"{path}: JSON nested too deeply to be a config file") from None
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not a UTF-8 text file ({e})") from None
     if not isinstance(data, dict):
         raise FormatError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def cfg_int(cfg: Dict[str, Any], key: str, where: str, lo: int = 1, hi: Optional[int] = None) -> int:
+    """cfg[key] as an int in [lo, hi] (a JSON true is not an int here), or a FormatError naming
+    the file (`where`) and the field."""
+    v = cfg.get(key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise FormatError(f"{where}: expected an integer {key!r}, got {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise FormatError(f"{where}: {key!r} must be in {bound}, got {v}")
+    return v
+
+
+def cfg_number(cfg: Dict[str, Any], key: str, where: str, positive: bool = False) -> Optional[float]:
+    """cfg[key] as a finite float (> 0 with `positive`), None when absent or null."""
+    v = cfg.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise FormatError(f"{where}: expected a number {key!r}, got {v!r}")
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise FormatError(f"{where}: {key!r} must be finite, got {v}")
+    if positive and v <= 0:
+        raise FormatError(f"{where}: {key!r} must be > 0, got {v}")
+    return v
 
 
 def _bar(total: int, enabled: Optional[bool], nbytes: int, desc: str):
@@ -82,6 +113,57 @@ def read_safetensors(path: str, names: Optional[Iterable[str]] = None, progress:
                           "safetensors file?") from None
 
 
+def read_npz(path: str, names: Iterable[str], shapes: Optional[Dict[str, Sequence[int]]] = None
+             ) -> Dict[str, Tensor]:
+    """The arrays `names` of an .npz file (those present; others are never decompressed), each
+    checked from its .npy header before it is read: a floating dtype, the shape `shapes` gives
+    for it (if any), and an uncompressed size that matches the header, so a small file declaring
+    a huge array is refused instead of filling memory."""
+    import zipfile
+
+    import numpy as np
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    shapes = shapes or {}
+    out: Dict[str, Tensor] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {info.filename[:-4]: info for info in zf.infolist() if info.filename.endswith(".npy")}
+            for name in names:
+                info = members.get(name)
+                if info is None:
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:
+                        raise FormatError(f"{path}: array {name!r} has .npy format version {version}, expected 1.0 or 2.0")
+                    header = f.tell() if f.seekable() else None
+                    if dtype.kind != "f":
+                        raise FormatError(f"{path}: array {name!r} has dtype {dtype}, expected a floating-point array")
+                    want = shapes.get(name)
+                    if want is not None and tuple(shape) != tuple(want):
+                        raise FormatError(f"{path}: array {name!r} has shape {list(shape)}, expected {list(want)}")
+                    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    if header is not None and info.file_size != header + nbytes:
+                        raise FormatError(f"{path}: array {name!r} declares {list(shape)} {dtype} ({nbytes} bytes) but "
+                                          f"its entry holds {info.file_size - header} bytes; truncated or corrupt")
+                    data = np.frombuffer(f.read(nbytes), dtype=dtype)
+                    if data.size * dtype.itemsize != nbytes:
+                        raise FormatError(f"{path}: array {name!r} is truncated")
+                    arr = data.reshape(shape, order="F" if fortran else "C")
+                # frombuffer's array is read-only; torch wants a writable one (one copy of the array).
+                out[name] = torch.from_numpy(np.array(arr, order="C"))
+    except FormatError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
+        raise FormatError(f"{path}: cannot read as .npz ({type(e).__name__}: {e}); truncated?") from None
+    return out
+
+
 def torch_load(path: str) -> Any:
     """torch.load with weights_only=True (tensors, numbers, strings, containers), memory-mapped
     when the file allows. A pickle that would run code is refused, never executed."""
@@ -113,7 +195,10 @@ def tensor(state: Dict[str, Any], name: str, file: str, shape: Optional[Sequence
         names = " or ".join(repr(k) for k in (name, *aliases))
         raise FormatError(f"{file}: missing tensor {names} (the file has: {', '.join(sorted(map(str, state)))})")
     if not isinstance(t, Tensor):
-        t = torch.as_tensor(t)
+        try:
+            t = torch.as_tensor(t)
+        except (TypeError, ValueError, RuntimeError):
+            raise FormatError(f"{file}: {key!r} is a {type(t).__name__}, expected a tensor") from None
     if not t.is_floating_point():
         raise FormatError(f"{file}: tensor {key!r} has dtype {t.dtype}, expected a floating-point tensor")
     if shape is not None and tuple(t.shape) != tuple(shape):
@@ -175,6 +260,13 @@ def build(spec: Spec, device=None, dtype=None, fmt: str = "", path: str = ""):
     else:
         dtype = parse_dtype(dtype, "dtype")
 
+    where = path or fmt
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        t = getattr(spec, name)
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise FormatError(f"{where}: {name} holds non-finite values (inf or NaN): a broken or overflowing "
+                              "checkpoint (a log_threshold too large to exponentiate, a zero norm scale, ...)")
+
     def put(t):
         return None if t is None else t.to(device=device or "cpu", dtype=dtype)
     # W_enc may stay a transposed view: the encode kernel packs it into panels from any strides.
@@ -188,6 +280,9 @@ def build(spec: Spec, device=None, dtype=None, fmt: str = "", path: str = ""):
     def put_small(t):
         return None if t is None else t.to(device=device or "cpu", dtype=small)
     metadata = {"format": fmt, "path": os.path.abspath(path), **spec.metadata}
-    return SAE(W_enc, put_small(spec.b_enc), W_dec, put_small(spec.b_dec), activation=spec.activation, k=spec.k,
-               threshold=put_small(spec.threshold), apply_b_dec_to_input=spec.apply_b_dec_to_input,
-               normalize=spec.normalize, metadata=metadata)
+    try:
+        return SAE(W_enc, put_small(spec.b_enc), W_dec, put_small(spec.b_dec), activation=spec.activation, k=spec.k,
+                   threshold=put_small(spec.threshold), apply_b_dec_to_input=spec.apply_b_dec_to_input,
+                   normalize=spec.normalize, metadata=metadata)
+    except (ValueError, TypeError) as e:
+        raise FormatError(f"{where}: describes an invalid SAE: {e}") from None

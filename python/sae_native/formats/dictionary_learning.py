@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from ._common import FormatError, Spec, gated_as_jumprelu, read_json, tensor, torch_load
+from ._common import FormatError, Spec, cfg_int, gated_as_jumprelu, read_json, tensor, torch_load
 
 
 def _file(path: str) -> str:
@@ -42,18 +42,26 @@ def load(path: str, progress=None) -> Spec:
         raise FormatError(f"{file}: expected a state dict, got {type(state).__name__}")
     cfg_path = os.path.join(os.path.dirname(file), "config.json")
     trainer = read_json(cfg_path).get("trainer", {}) if os.path.isfile(cfg_path) else {}
+    if not isinstance(trainer, dict):
+        raise FormatError(f"{cfg_path}: 'trainer' must be an object, got {type(trainer).__name__}")
     cls = trainer.get("dict_class") or _guess_class(state)
+    if not isinstance(cls, str):
+        raise FormatError(f"{cfg_path}: trainer.dict_class must be a string, got {cls!r}")
     if not cls:
         raise FormatError(f"{file}: cannot tell AutoEncoderTopK from BatchTopKSAE without {cfg_path} "
                           "(trainer.dict_class)")
     meta = {"dict_class": cls, **{k: trainer[k] for k in ("lm_name", "layer", "submodule_name") if k in trainer}}
     if cls == "JumpReluAutoEncoder":
         W_enc = tensor(state, "W_enc", file)
+        if W_enc.dim() != 2:
+            raise FormatError(f"{file}: tensor 'W_enc' has shape {list(W_enc.shape)}, expected [d_in, d_sae]")
         d_in, d_sae = W_enc.shape
         return Spec(W_enc, tensor(state, "b_enc", file, (d_sae,)), tensor(state, "W_dec", file, (d_sae, d_in)),
                     tensor(state, "b_dec", file, (d_in,)), "jumprelu",
                     threshold=tensor(state, "threshold", file, (d_sae,)), apply_b_dec_to_input=False, metadata=meta)
     enc = tensor(state, "encoder.weight", file)
+    if enc.dim() != 2:
+        raise FormatError(f"{file}: tensor 'encoder.weight' has shape {list(enc.shape)}, expected [d_sae, d_in]")
     d_sae, d_in = enc.shape
     _check_cfg(trainer, d_in, d_sae, file, cfg_path)
     dec = tensor(state, "decoder.weight", file, (d_in, d_sae))
@@ -67,13 +75,23 @@ def load(path: str, progress=None) -> Spec:
                     metadata=meta)
     b_enc, b_dec = tensor(state, "encoder.bias", file, (d_sae,)), tensor(state, "b_dec", file, (d_in,))
     if cls == "AutoEncoderTopK":
-        k = int(state["k"]) if "k" in state else trainer.get("k")
-        if not isinstance(k, int):
-            raise FormatError(f"{file}: an AutoEncoderTopK needs k (in the state dict or {cfg_path})")
+        if "k" in state:
+            k = state["k"]
+            if isinstance(k, torch.Tensor):
+                if k.numel() != 1 or k.is_floating_point():
+                    raise FormatError(f"{file}: 'k' must be one integer, got a {k.dtype} tensor of shape "
+                                      f"{list(k.shape)}")
+                k = int(k)
+            k = cfg_int({"k": k}, "k", file, 1, d_sae)
+        else:
+            k = cfg_int(trainer, "k", f"{cfg_path}: trainer", 1, d_sae)
         return Spec(enc.t(), b_enc, dec.t(), b_dec, "topk", k=k, metadata=meta)
     if cls in ("BatchTopKSAE", "MatryoshkaBatchTopKSAE"):
         # relu(pre) * (relu(pre) > t): a JumpReLU at max(t, 0) (t < 0 before training sets it).
-        t = float(tensor(state, "threshold", file))
+        t = tensor(state, "threshold", file)
+        if t.numel() != 1:
+            raise FormatError(f"{file}: a {cls} threshold is one number, got shape {list(t.shape)}")
+        t = float(t)
         return Spec(enc.t(), b_enc, dec.t(), b_dec, "jumprelu", threshold=torch.full((d_sae,), max(t, 0.0)),
                     metadata=meta)
     raise FormatError(f"{cfg_path}: dict_class {cls!r} is not supported (AutoEncoder, AutoEncoderTopK, "

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 
-from ._common import FormatError, Spec, read_json, read_safetensors, tensor
+from ._common import FormatError, Spec, read_json, read_npz, read_safetensors, tensor
 
 
 def _file(path: str, name: str) -> str:
     return path if os.path.basename(path) == name else os.path.join(path, name)
+
+
+def _names(npz: str) -> set:
+    import zipfile
+    with zipfile.ZipFile(npz) as zf:
+        return {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
 
 
 def detect(path: str) -> bool:
@@ -48,11 +53,18 @@ def _spec(state, file: str, metadata) -> Spec:
 def load(path: str, progress=None) -> Spec:
     npz = _file(path, "params.npz")
     if os.path.isfile(npz):
-        try:
-            with np.load(npz) as data:  # arrays come out of the zip one at a time
-                state = {key: torch.from_numpy(np.ascontiguousarray(data[key])) for key in data.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise FormatError(f"{npz}: cannot read as .npz ({type(e).__name__}: {e}); truncated?") from None
+        # W_enc first: its header gives d_in and d_sae, which every other array is checked against
+        # before it is decompressed.
+        state = read_npz(npz, ["W_enc", "w_enc"])
+        W_enc = tensor(state, "W_enc", npz, None, "w_enc")
+        if W_enc.dim() != 2:
+            raise FormatError(f"{npz}: tensor 'W_enc' has shape {list(W_enc.shape)}, expected [d_in, d_sae]")
+        d_in, d_sae = W_enc.shape
+        shapes = {"W_dec": (d_sae, d_in), "w_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
+                  "threshold": (d_sae,), "scaling_factor": (d_sae,)}
+        state.update(read_npz(npz, shapes, shapes))
+        if {"affine_skip_connection", "W_skip"} & _names(npz):
+            raise FormatError(f"{npz}: has an affine skip connection (a skip transcoder), which is not supported")
         return _spec(state, npz, {"variant": "gemma-scope"})
     weights = _file(path, "params.safetensors")
     cfg_path = os.path.join(os.path.dirname(weights), "config.json")

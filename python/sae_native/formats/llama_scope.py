@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from ._common import FormatError, Spec, read_json, read_safetensors, tensor
+from ._common import FormatError, Spec, cfg_int, cfg_number, read_json, read_safetensors, tensor
 
 HYPER = "hyperparams.json"
 
@@ -37,18 +37,17 @@ def _weights(path: str) -> str:
 def load(path: str, progress=None) -> Spec:
     hp_path = os.path.join(path, HYPER)
     hp = read_json(hp_path)
-    d_in, d_sae = hp.get("d_model"), hp.get("d_sae")
-    if not isinstance(d_in, int) or not isinstance(d_sae, int):
-        raise FormatError(f"{hp_path}: expected integer d_model and d_sae, got {d_in!r} and {d_sae!r}")
+    d_in, d_sae = cfg_int(hp, "d_model", hp_path), cfg_int(hp, "d_sae", hp_path)
     if hp.get("hook_point_out", hp.get("hook_point_in")) != hp.get("hook_point_in"):
         raise FormatError(f"{hp_path}: hook_point_in != hook_point_out: a transcoder, which is not supported")
     if hp.get("act_fn", "jumprelu") != "jumprelu":
         raise FormatError(f"{hp_path}: act_fn {hp.get('act_fn')!r} is not supported (jumprelu)")
     norm = hp.get("dataset_average_activation_norm")
-    norm_in = norm.get("in") if isinstance(norm, dict) else norm
-    thr = hp.get("jump_relu_threshold")
-    if not isinstance(thr, (int, float)):
-        raise FormatError(f"{hp_path}: expected a number jump_relu_threshold, got {thr!r}")
+    norm_in = cfg_number(norm if isinstance(norm, dict) else {"in": norm}, "in",
+                         f"{hp_path}: dataset_average_activation_norm", positive=True)
+    thr = cfg_number(hp, "jump_relu_threshold", hp_path)
+    if thr is None:
+        raise FormatError(f"{hp_path}: expected a number 'jump_relu_threshold', got None")
     file = _weights(path)
     state = read_safetensors(file, progress=progress)
     W_enc = tensor(state, "encoder.weight", file, (d_sae, d_in)).t()

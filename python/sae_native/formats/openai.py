@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ._common import FormatError, Spec, tensor, torch_load
+from ._common import FormatError, Spec, cfg_int, tensor, torch_load
 
 KEYS = ("pre_bias", "latent_bias", "encoder.weight", "decoder.weight")
 
@@ -27,10 +27,11 @@ def load_state(state, file: str) -> Spec:
     activation = state.get("activation", "ReLU")
     meta = {"activation_class": activation}
     if activation == "TopK":
-        k = (state.get("activation_state_dict") or {}).get("k")
-        if not isinstance(k, int):
-            raise FormatError(f"{file}: a TopK autoencoder needs activation_state_dict['k'], got {k!r}")
-        post = (state.get("activation_state_dict") or {}).get("postact_fn", "ReLU")
+        extra = state.get("activation_state_dict") or {}
+        if not isinstance(extra, dict):
+            raise FormatError(f"{file}: activation_state_dict must be a dict, got {type(extra).__name__}")
+        k = cfg_int(extra, "k", f"{file}: activation_state_dict", 1, d_sae)
+        post = extra.get("postact_fn", "ReLU")
         if post != "ReLU":
             raise FormatError(f"{file}: TopK with postact_fn {post!r} is not supported (ReLU)")
         return Spec(enc.t(), tensor(state, "latent_bias", file, (d_sae,)), dec.t(),

@@ -15,7 +15,8 @@ from typing import Any, Dict
 
 import torch
 
-from ._common import FormatError, Spec, gated_as_jumprelu, parse_dtype, read_json, read_safetensors, tensor
+from ._common import (FormatError, Spec, cfg_int, cfg_number, gated_as_jumprelu, parse_dtype, read_json,
+                      read_safetensors, tensor)
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 META_KEYS = ("hook_name", "hook_head_index", "model_name", "context_size", "prepend_bos", "dataset_path",
@@ -52,10 +53,7 @@ def _defaults(cfg: Dict[str, Any]) -> Dict[str, Any]:
 def load(path: str, progress=None) -> Spec:
     cfg_path, weights_path = os.path.join(path, CFG), os.path.join(path, WEIGHTS)
     cfg = _defaults(read_json(cfg_path))
-    for key in ("d_in", "d_sae"):
-        if not isinstance(cfg.get(key), int):
-            raise FormatError(f"{cfg_path}: expected an integer {key!r}, got {cfg.get(key)!r}")
-    d_in, d_sae, arch = cfg["d_in"], cfg["d_sae"], cfg["architecture"]
+    d_in, d_sae, arch = cfg_int(cfg, "d_in", cfg_path), cfg_int(cfg, "d_sae", cfg_path), cfg["architecture"]
     state = read_safetensors(weights_path, progress=progress)
     W_enc = tensor(state, "W_enc", weights_path, (d_in, d_sae))
     W_dec = tensor(state, "W_dec", weights_path, (d_sae, d_in))
@@ -71,9 +69,7 @@ def load(path: str, progress=None) -> Spec:
         if arch == "standard":
             activation = "relu"
         elif arch == "topk":
-            activation, k = "topk", cfg.get("k")
-            if not isinstance(k, int):
-                raise FormatError(f"{cfg_path}: a topk SAE needs an integer 'k', got {k!r}")
+            activation, k = "topk", cfg_int(cfg, "k", cfg_path, 1, d_sae)
         elif arch == "jumprelu":
             activation = "jumprelu"
             if "threshold" in state:
@@ -101,8 +97,9 @@ def load(path: str, progress=None) -> Spec:
         # SAELens folds this constant into the weights when training ends; a factor given in the
         # config is folded here the same way, otherwise the weights are used as they are (as
         # SAELens's own loader does).
-        if cfg.get("norm_scaling_factor") is not None:
-            spec.fold_input_scale(float(cfg["norm_scaling_factor"]))
+        scale = cfg_number(cfg, "norm_scaling_factor", cfg_path, positive=True)
+        if scale is not None:
+            spec.fold_input_scale(scale)
     elif norm in ("constant_norm_rescale", "layer_norm"):
         spec.normalize = norm
     elif norm != "none":

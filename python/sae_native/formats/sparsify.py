@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ._common import FormatError, Spec, read_json, read_safetensors, tensor
+from ._common import FormatError, Spec, cfg_int, read_json, read_safetensors, tensor
 
 CFG, WEIGHTS = "cfg.json", "sae.safetensors"
 
@@ -39,9 +39,7 @@ def load(path: str, progress=None) -> Spec:
     activation = cfg.get("activation", "topk")
     if activation not in ("topk", "groupmax"):
         raise FormatError(f"{cfg_path}: activation {activation!r} is not supported (topk, groupmax)")
-    k = cfg.get("k")
-    if not isinstance(k, int):
-        raise FormatError(f"{cfg_path}: expected an integer 'k', got {k!r}")
+    k = cfg_int(cfg, "k", cfg_path)
     state = read_safetensors(weights_path, progress=progress)
     if "W_skip" in state:
         raise FormatError(f"{weights_path}: has a W_skip tensor (skip connection), which is not supported")

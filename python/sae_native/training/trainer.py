@@ -102,14 +102,14 @@ class Trainer:
             values, indices = _ops.encode_topk(xs, W_enc, self.b_enc, self.b_dec, cfg.k, None)
             z = values
         elif cfg.architecture == "relu":
-            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, None, None)
+            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, None, None, True)
             z = values
         else:
             # Encode with the threshold lowered by half the STE bandwidth: the codes then also hold
             # the latents just below it, whose pre-activations the threshold's gradient needs.
             theta = self.log_threshold.exp()
             band = (theta - cfg.bandwidth / 2).detach()
-            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, band, None)
+            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, band, None, True)
             z = JumpReLUCodes.apply(values, indices, theta, cfg.bandwidth)
         x_hat = call_known_valid(_ops.decode, z, indices, W_dec, self.b_dec)   # the encode's own codes
         err = xs - x_hat
