@@ -37,15 +37,6 @@ std::vector<std::string> archs() {
   return out;
 }
 
-// How many CUDA devices the driver shows; 0 (not an error) on a machine without a driver or GPU.
-int device_count() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();  // clear it: "no driver" is an answer here, not a failure
-    return 0;
-  }
-  return count;
-}
 
 EncodeLaunch encode_launch(int w_dtype, index_t n, index_t d_in, index_t d_sae, ptr_t u, ptr_t w, ptr_t b_enc,
                            index_t chunk_latents, int chunks, bool vec, ptr_t stream) {
@@ -62,8 +53,30 @@ PYBIND11_MODULE(_cuda, m) {
   m.attr("TILE_N") = kTileN;
   m.attr("CAPS") = std::vector<int>(std::begin(kCaps), std::end(kCaps));
   m.attr("SORT_MAX") = kSortMax;
-  m.def("device_count", &device_count);
+  // The driver, the runtime linked in, the devices, and why none is usable (build_info reports it).
+  m.def("runtime_info", [] {
+    const RuntimeInfo r = runtime_info();
+    py::dict d;
+    d["driver_version"] = r.driver_version;
+    d["runtime_version"] = r.runtime_version;
+    d["device_count"] = r.device_count;
+    d["error"] = r.error;
+    return d;
+  });
+  m.def("device_count", [] { return runtime_info().device_count; });
+  m.def("device_limits", [] {
+    const DeviceLimits l = device_limits();
+    py::dict d;
+    d["sm_count"] = l.sm_count;
+    d["smem_optin"] = l.smem_optin;
+    d["smem_per_sm"] = l.smem_per_sm;
+    d["compute_capability"] = py::make_tuple(l.major, l.minor);
+    return d;
+  });
+  m.def("load_kernels", &load_kernels);
   m.def("topk_smem_bytes", &topk_smem_bytes);
+  m.def("topk_blocks_per_sm", &topk_blocks_per_sm);
+  m.def("threshold_blocks_per_sm", &threshold_blocks_per_sm);
   using rel = py::call_guard<py::gil_scoped_release>;
 
   m.def("encode_topk",

@@ -19,6 +19,13 @@ template <int N> __device__ void warp_sort_desc(uint64_t* a, int lane) {
     }
 }
 
+// The smallest power of two >= n (1 for n <= 1).
+__host__ __device__ inline int next_pow2(int n) {
+  int p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
 // Sorts a[0, n) with the whole block (n a power of two, >= 1).
 __device__ inline void block_sort_desc(uint64_t* a, int n) {
   __syncthreads();

@@ -201,6 +201,62 @@ void check_encode(const EncodeLaunch& a, const char* op) {
 
 }  // namespace
 
+namespace {
+
+template <class Tile> int topk_blocks_for_cap(int cap) {
+  switch (cap) {
+    case 64: return blocks_per_sm(encode_topk_kernel<Tile, 64>, THREADS, topk_smem_bytes<64>(tile_smem_bytes<Tile>()),
+                                  "encode_topk occupancy");
+    case 128: return blocks_per_sm(encode_topk_kernel<Tile, 128>, THREADS,
+                                   topk_smem_bytes<128>(tile_smem_bytes<Tile>()), "encode_topk occupancy");
+    case 256: return blocks_per_sm(encode_topk_kernel<Tile, 256>, THREADS,
+                                   topk_smem_bytes<256>(tile_smem_bytes<Tile>()), "encode_topk occupancy");
+  }
+  throw std::invalid_argument("sae_native._cuda: cap must be 64, 128 or 256");
+}
+
+template <class Tile> void load_tile_kernels() {
+  load_kernel(encode_topk_kernel<Tile, 64>, "encode_topk");
+  load_kernel(encode_topk_kernel<Tile, 128>, "encode_topk");
+  load_kernel(encode_topk_kernel<Tile, 256>, "encode_topk");
+  load_kernel(encode_threshold_kernel<Tile>, "encode_threshold");
+}
+
+}  // namespace
+
+int topk_blocks_per_sm(int w_dtype, int cap) {
+  switch (DType(w_dtype)) {
+    case DType::bf16: return topk_blocks_for_cap<TensorCoreTile<__nv_bfloat16>>(cap);
+    case DType::f16: return topk_blocks_for_cap<TensorCoreTile<__half>>(cap);
+    case DType::f32: return topk_blocks_for_cap<SimtTile>(cap);
+    default: break;
+  }
+  throw std::invalid_argument("sae_native._cuda.topk_blocks_per_sm: weights must be float32, bfloat16 or float16");
+}
+
+int threshold_blocks_per_sm(int w_dtype) {
+  switch (DType(w_dtype)) {
+    case DType::bf16:
+      return blocks_per_sm(encode_threshold_kernel<TensorCoreTile<__nv_bfloat16>>, THREADS,
+                           tile_smem_bytes<TensorCoreTile<__nv_bfloat16>>(), "encode_threshold occupancy");
+    case DType::f16:
+      return blocks_per_sm(encode_threshold_kernel<TensorCoreTile<__half>>, THREADS,
+                           tile_smem_bytes<TensorCoreTile<__half>>(), "encode_threshold occupancy");
+    case DType::f32:
+      return blocks_per_sm(encode_threshold_kernel<SimtTile>, THREADS, tile_smem_bytes<SimtTile>(),
+                           "encode_threshold occupancy");
+    default: break;
+  }
+  throw std::invalid_argument("sae_native._cuda.threshold_blocks_per_sm: weights must be float32, bfloat16 or float16");
+}
+
+void load_encode_kernels() {
+  load_tile_kernels<TensorCoreTile<__nv_bfloat16>>();
+  load_tile_kernels<TensorCoreTile<__half>>();
+  load_tile_kernels<SimtTile>();
+  load_kernel(collapse_nonfinite_kernel, "collapse_nonfinite");
+}
+
 size_t topk_smem_bytes(int w_dtype, int cap) {
   switch (DType(w_dtype)) {
     case DType::bf16: return topk_smem_for_cap<TensorCoreTile<__nv_bfloat16>>(cap);

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace sae_cuda {
 
@@ -13,6 +14,29 @@ using index_t = int64_t;
 
 // Element type codes shared with Python (python/sae_native/backends/_dtypes.py).
 enum class DType : int { f32 = 0, f64 = 1, bf16 = 2, f16 = 3 };
+
+// ---- the device (cuda/device.cu) --------------------------------------------------------------
+struct RuntimeInfo {
+  int driver_version = 0;   // e.g. 13000 for CUDA 13.0 (0: no driver)
+  int runtime_version = 0;  // of the runtime linked into the module
+  int device_count = 0;
+  std::string error;        // why no device is usable ("" when device_count > 0)
+};
+RuntimeInfo runtime_info();
+
+struct DeviceLimits {       // of the current device
+  int sm_count = 0, smem_optin = 0, smem_per_sm = 0, major = 0, minor = 0;
+};
+DeviceLimits device_limits();
+
+// Makes the driver load every kernel of the module now. With lazy module loading (the default
+// since CUDA 12.2) a kernel is loaded at its first launch, and that launch may be inside a CUDA
+// graph capture, where loading is not allowed.
+void load_kernels();
+void load_encode_kernels();
+void load_sort_kernels();
+void load_sparse_row_kernels();
+void load_steer_kernels();
 
 // ---- fused encode (cuda/encode.cu) ----------------------------------------------------------
 struct EncodeLaunch {
@@ -32,6 +56,11 @@ constexpr int kCaps[] = {64, 128, 256};    // per-row candidate buffer sizes; ne
 
 // Shared memory of one fused TopK CTA with this weight dtype and candidate buffer (for the tests).
 size_t topk_smem_bytes(int w_dtype, int cap);
+// CTAs of the fused encode that fit on one multiprocessor of the current device at once (registers,
+// threads and shared memory, by cudaOccupancyMaxActiveBlocksPerMultiprocessor); 0 when one CTA
+// needs more shared memory than the device lets a block opt in to.
+int topk_blocks_per_sm(int w_dtype, int cap);
+int threshold_blocks_per_sm(int w_dtype);
 
 // Per row and chunk, the chunk's k best candidate keys, sorted: cand[n][chunks][k].
 void encode_topk(const EncodeLaunch& a, int k, int cap, uint64_t* cand);

@@ -40,6 +40,24 @@ template <class F> void dispatch(int t_dtype, int w_dtype, const char* op, F&& f
   throw std::invalid_argument(std::string("sae_native._cuda.") + op + ": unsupported dtype pair");
 }
 
+// Loads a kernel now (see load_kernels in launch.h): asking for its attributes does.
+template <class Kernel> void load_kernel(Kernel kernel, const char* name) {
+  cudaFuncAttributes attr;
+  check_cuda(cudaFuncGetAttributes(&attr, kernel), name);
+}
+
+// Resident CTAs per multiprocessor of `kernel` with `threads` and `smem` bytes of dynamic shared
+// memory; 0 when smem is over the device's per-block opt-in limit.
+template <class Kernel> int blocks_per_sm(Kernel kernel, int threads, size_t smem, const char* name) {
+  int dev = 0, optin = 0, blocks = 0;
+  check_cuda(cudaGetDevice(&dev), name);
+  check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), name);
+  if (smem > size_t(optin)) return 0;
+  allow_smem(kernel, smem, name);
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem), name);
+  return blocks;
+}
+
 inline unsigned blocks_for(index_t items, index_t per_block, index_t cap = 1 << 30) {
   const index_t b = (items + per_block - 1) / per_block;
   return unsigned(b < 1 ? 1 : (b > cap ? cap : b));

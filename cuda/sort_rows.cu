@@ -16,9 +16,12 @@ __global__ void sort_rows_kernel(const uint64_t* __restrict__ keys, index_t row_
   const index_t row = blockIdx.x;
   index_t valid = m;
   if (counts != nullptr && counts[row] < valid) valid = counts[row];
+  if (valid < 0) valid = 0;
   const uint64_t* src = keys + row * row_stride;
   for (int i = threadIdx.x; i < size; i += blockDim.x) s[i] = i < valid ? src[i] : 0;
-  block_sort_desc(s, size);
+  // Only this row's keys need sorting: the zeros after them are already in place. (valid is the
+  // same for the whole block, so every thread takes the same barriers.)
+  block_sort_desc(s, next_pow2(int(valid)));
   if (relu) {
     // TopK: the k selected by pre-activation are listed by relu(pre), so the selected latents whose
     // pre is <= 0 all tie at value 0 and go in latent order. Re-key them, drop the rest, re-sort.
@@ -31,7 +34,7 @@ __global__ void sort_rows_kernel(const uint64_t* __restrict__ keys, index_t row_
         if (v <= 0.0f) s[i] = candidate_key(0.0f, uint32_t(candidate_latent(key)));
       }
     }
-    block_sort_desc(s, size);
+    block_sort_desc(s, next_pow2(int(width)));  // only the first width keys are left
   }
   for (index_t i = threadIdx.x; i < width; i += blockDim.x) {
     const uint64_t key = s[i];
@@ -48,6 +51,8 @@ __global__ void sort_rows_kernel(const uint64_t* __restrict__ keys, index_t row_
 }
 
 }  // namespace
+
+void load_sort_kernels() { load_kernel(sort_rows_kernel, "sort_rows"); }
 
 void sort_rows(index_t n, const uint64_t* keys, index_t row_stride, index_t m, const int64_t* counts, int size,
                index_t width, bool relu, float* values, int64_t* indices, void* stream) {

@@ -116,15 +116,31 @@ template <class T, class W, int V>
 void launch_decode(index_t n, index_t k, const void* values, const int64_t* indices, const void* w, index_t d_sae,
                    index_t d_in, index_t rs, index_t cs, const void* b_dec, void* out, unsigned long long* report,
                    cudaStream_t stream) {
+  // One pass over the row when it fits in a block: a thread per V columns, whole warps, <= 1024.
   const index_t nvec = (d_in + V - 1) / V;
-  const int threads = int(std::min<index_t>(256, std::max<index_t>(32, (nvec + 31) / 32 * 32)));
+  const int threads = int(std::min<index_t>(1024, std::max<index_t>(32, (nvec + 31) / 32 * 32)));
   decode_kernel<T, W, V><<<blocks_for(n, 1, 0x7FFFFFFF), threads, 0, stream>>>(
       k, static_cast<const T*>(values), indices, static_cast<const W*>(w), d_sae, d_in, rs, cs,
       static_cast<const T*>(b_dec), static_cast<T*>(out), report);
   check_launch("decode");
 }
 
+template <class T, class W> void load_pair() {
+  load_kernel(decode_kernel<T, W, 1>, "decode");
+  load_kernel(decode_kernel<T, W, int(16 / sizeof(W))>, "decode");
+  load_kernel(sparse_dot_kernel<T, W>, "sparse_dot");
+}
+
 }  // namespace
+
+void load_sparse_row_kernels() {
+  load_pair<float, float>();
+  load_pair<float, __nv_bfloat16>();
+  load_pair<float, __half>();
+  load_pair<double, double>();
+  load_kernel(sparse_outer_kernel<float>, "sparse_outer");
+  load_kernel(sparse_outer_kernel<double>, "sparse_outer");
+}
 
 void decode(int t_dtype, int w_dtype, index_t n, index_t k, const void* values, const int64_t* indices,
             const void* w, index_t d_sae, index_t d_in, index_t row_stride, index_t col_stride, const void* b_dec,

@@ -143,6 +143,17 @@ steer_threshold_kernel(index_t d, const T* __restrict__ x, const T* __restrict__
 
 }  // namespace
 
+void load_steer_kernels() {
+  load_kernel(gather_clamp_kernel<float, float>, "gather_clamp");
+  load_kernel(gather_clamp_kernel<float, __nv_bfloat16>, "gather_clamp");
+  load_kernel(gather_clamp_kernel<float, __half>, "gather_clamp");
+  load_kernel(gather_clamp_kernel<double, double>, "gather_clamp");
+  load_kernel(steer_codes_kernel<float>, "steer_codes");
+  load_kernel(steer_codes_kernel<double>, "steer_codes");
+  load_kernel(steer_threshold_kernel<float>, "steer_threshold");
+  load_kernel(steer_threshold_kernel<double>, "steer_threshold");
+}
+
 void gather_clamp(int t_dtype, int w_dtype, index_t d, index_t d_sae, index_t count, const int64_t* features,
                   const void* w_enc, index_t enc_rs, index_t enc_cs, const void* b_enc, const void* threshold,
                   const void* w_dec, index_t dec_rs, index_t dec_cs, void* enc_cols, void* b_f, void* thr_f,

@@ -86,3 +86,44 @@ def test_sae_attributes_and_to():
     x = randn(5, 8)
     torch.testing.assert_close(bf(x), sae(x), atol=0.05, rtol=0.05)
     assert "SAE(d_in=8, d_sae=20, activation='topk', k=4" in repr(sae)
+
+
+class _FakeCuda:
+    ARCHS = ["90a-real"]
+
+    def __init__(self, driver, runtime, devices, error=""):
+        self.info = {"driver_version": driver, "runtime_version": runtime, "device_count": devices, "error": error}
+
+    def runtime_info(self):
+        return self.info
+
+
+@pytest.mark.parametrize("fake, want", [
+    (_FakeCuda(0, 13000, 0, "cudaErrorInsufficientDriver: ..."), "no NVIDIA driver was found"),
+    (_FakeCuda(12040, 13000, 0, "cudaErrorInsufficientDriver: ..."),
+     "the driver supports CUDA 12.4, older than the CUDA 13.0 runtime this module links: update the driver"),
+    (_FakeCuda(13000, 13000, 0, "cudaErrorNoDevice: no CUDA-capable device is detected"), "cudaErrorNoDevice"),
+    (_FakeCuda(13010, 13000, 2), None),
+])
+def test_build_info_says_why_cuda_cannot_run(monkeypatch, fake, want):
+    from sae_native import _runtime
+    monkeypatch.setattr(_runtime, "_cuda_module", lambda: fake)
+    info = sn.build_info()
+    assert info["cuda_compiled"] and info["cuda_runtime"] == "13.0"
+    if want is None:
+        assert info["cuda_error"] is None and info["cuda_devices"] == 2 and info["cuda_driver"] == "13.1"
+    else:
+        assert want in info["cuda_error"] and info["cuda_devices"] == 0
+
+
+def test_build_info_keeps_the_import_error(monkeypatch):
+    from sae_native import _runtime
+
+    def broken():
+        _runtime._CUDA_IMPORT_ERROR = "ImportError: libcuda.so.1: cannot open shared object file"
+        return None
+    monkeypatch.setattr(_runtime, "_cuda_module", broken)
+    info = sn.build_info()
+    assert not info["cuda_compiled"]
+    assert info["cuda_error"] == ("the CUDA module does not load: ImportError: libcuda.so.1: cannot open shared "
+                                  "object file")

@@ -423,7 +423,37 @@ def test_side_stream_and_cuda_graph_capture():
     assert torch.equal(captured.indices, want.indices) and torch.equal(captured.values, want.values)
 
 
+@gpu_only
+def test_cuda_graph_capture_without_an_eager_call_first():
+    # With lazy module loading the first launch of a kernel loads it, which a capture forbids; the
+    # kernels load when an SAE's weights reach the GPU. A fresh process: nothing loaded before.
+    import subprocess
+    import sys
+    code = """
+import torch, sae_native as sn
+g = torch.Generator().manual_seed(0)
+d_in, d_sae = 64, 4096
+w = [t.to("cuda") for t in (torch.randn(d_in, d_sae, generator=g).bfloat16(), torch.zeros(d_sae),
+                            torch.randn(d_sae, d_in, generator=g).bfloat16(), torch.zeros(d_in))]
+sae = sn.SAE(*w, activation="topk", k=32)
+x = torch.randn(128, d_in, device="cuda")
+graph = torch.cuda.CUDAGraph()
+with torch.cuda.graph(graph):
+    y = sae.steer(x, sae.parse_clamp({5: 3.0}))
+    codes = sae.encode(x)
+graph.replay()
+torch.cuda.synchronize()
+eager = sae.encode(x)
+assert torch.equal(codes.indices, eager.indices), "captured encode differs"
+torch.testing.assert_close(y, sae.steer(x, {5: 3.0}))
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
 def test_hooks_on_a_model(dev):
+    pytest.importorskip("transformers")
     from models import random_sae, tiny_llama
     model, site = tiny_llama()
     model = model.to(dev)

@@ -149,27 +149,47 @@ def test_emulated_ops_run_the_cuda_kernels(emulator):
 
 
 @pytest.mark.parametrize("wdtype", WDTYPES)
-def test_emulated_launches_fit_an_a100(emulator, wdtype):
-    """The largest fused encode (candidate buffer 256) within an A100's 163 KiB of shared memory; a
-    launch over the ceiling fails with the kernel's name instead of running, and the next works."""
+def test_the_plan_follows_the_devices_shared_memory(emulator, wdtype):
+    """The fused encode's candidate buffer is chosen from what fits the device (the occupancy
+    calculator's answer): the largest (256 slots, k = 200) on an A100's 163 KiB per block; on an
+    sm_86 card's 99 KiB only the smallest fits, so k = 200 encodes through torch instead of a
+    launch that would fail. A launch over the ceiling fails with the kernel's name, and the next
+    one works."""
     x = randn(20, 64)
     try:
-        emulator.set_smem_ceiling(163 * 1024)
-        emulator.reset_kernel_attributes()
-        with emulated_cuda(emulator):
+        for ceiling, per_sm, fused in ((163 * 1024, 164 * 1024, True), (99 * 1024, 100 * 1024, False)):
+            emulator.set_smem_ceiling(ceiling)
+            emulator.set_device(108, per_sm)
+            emulator.reset_kernel_attributes()
+            with emulated_cuda(emulator):
+                sae, w = dev_sae("cpu", 64, 2000, "topk", 200, wdtype, seed=1)
+                before = emulator.launches()
+                codes = sae.encode(x)
+                ref, xr = reference_for(w, x)   # the torch path rounds u the same way
+                check_topk_codes(codes, ref, xr)
+                assert (emulator.launches() > before) == fused   # the dense path launches no kernel
+        emulator.set_smem_ceiling(64 * 1024)
+        lib_cap = 256
+        with pytest.raises(RuntimeError, match="encode_topk"):
+            emulator.encode_topk(2, 20, 64, 2000, 0, 0, 0, 200, lib_cap, 2048, 1, 0, False, 0)
+        emulator.set_smem_ceiling(227 * 1024)
+        emulator.set_device(132, 228 * 1024)
+        with emulated_cuda(emulator):   # the failed call's error does not leak into the next launch
             sae, w = dev_sae("cpu", 64, 2000, "topk", 200, wdtype, seed=1)
             ref, xr = reference_for(w, x)
             check_topk_codes(sae.encode(x), ref, xr)
-        emulator.set_smem_ceiling(64 * 1024)
-        emulator.reset_kernel_attributes()
-        with emulated_cuda(emulator), pytest.raises(RuntimeError, match="encode_topk"):
-            dev_sae("cpu", 64, 2000, "topk", 200, wdtype, seed=1)[0].encode(x)
-        emulator.set_smem_ceiling(227 * 1024)
-        with emulated_cuda(emulator):   # the failed call's error does not leak into the next launch
-            check_topk_codes(dev_sae("cpu", 64, 2000, "topk", 200, wdtype, seed=1)[0].encode(x), ref, xr)
     finally:
         emulator.set_smem_ceiling(227 * 1024)
+        emulator.set_device(132, 228 * 1024)
         emulator.reset_kernel_attributes()
+
+
+def test_load_kernels_and_device_queries(emulator):
+    emulator.load_kernels()
+    limits = emulator.device_limits()
+    assert limits["sm_count"] == 132 and limits["smem_optin"] == 227 * 1024
+    assert [emulator.topk_blocks_per_sm(2, cap) for cap in (64, 128, 256)] == [3, 2, 1]
+    assert emulator.threshold_blocks_per_sm(0) >= 1
 
 
 # ---- out-of-bounds accesses: the kernels on the AddressSanitizer build ------------------------------
@@ -194,7 +214,8 @@ def test_kernels_stay_in_bounds_under_the_sanitizer(sanitized):
     sanitizer build; the whole emulated suite: python tests/cuda_emu/sanitized.py tests/test_cuda.py -k emulated."""
     select = ("emulated and (test_topk_matches_reference and 1031-17 or test_topk_nan_rows or "
               "test_threshold_rows_with_many_hits or test_threshold_nan_row or test_decode_matches_reference and 17 "
-              "or bad_index or test_sparse_dot_and_outer_match_dense and 13-7 or test_steer_odd_sizes)")
+              "or bad_index or test_sparse_dot_and_outer_match_dense and 13-7 or test_steer_odd_sizes "
+              "or test_steer_skips_clamp_features_edited)")
     proc = sanitized.run(["-m", "pytest", "tests/test_cuda.py", "-q", "-x", "-p", "no:cacheprovider", "-k", select])
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert " passed" in proc.stdout

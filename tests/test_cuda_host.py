@@ -89,28 +89,57 @@ def test_key_sort_fallback_matches_the_expected_order():
         assert canon(got) == canon(expect[r] + [(0.0, -1)] * (width - valid[r]))
 
 
+# Devices as the planner sees them (occupancy of the fused encode per candidate buffer size):
+# an H100 / H200, an A100 (163 KiB per block), an sm_86 card (99 KiB per block: only cap 64 fits).
+H100 = cuda_plan.Device(132, {64: 3, 128: 2, 256: 1}, 2)
+A100 = cuda_plan.Device(108, {64: 2, 128: 1, 256: 1}, 2)
+SM86 = cuda_plan.Device(82, {64: 1, 128: 0, 256: 0}, 1)
+
+
+@pytest.mark.parametrize("device", [H100, A100, SM86], ids=["h100", "a100", "sm86"])
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 8192])
 @pytest.mark.parametrize("d_sae", [1, 127, 128, 129, 24576, 65536, 1 << 20])
 @pytest.mark.parametrize("k", [1, 32, 33, 64, 97, 192, 224, 225, 512])
-def test_topk_plan_covers_every_latent_within_the_kernel_limits(n, d_sae, k):
-    plan = cuda_plan.topk_plan(n, d_sae, k, sm_count=132)
-    if k > min(d_sae, cuda_plan.MAX_FUSED_K):
-        assert plan is None
+def test_topk_plan_covers_every_latent_within_the_kernel_limits(device, n, d_sae, k):
+    plan = cuda_plan.topk_plan(n, d_sae, k, device)
+    fits = [c for c in cuda_plan.CAPS if c >= k + 32 and device.topk_blocks[c] > 0]
+    if k > min(d_sae, cuda_plan.MAX_FUSED_K) or not fits:
+        assert plan is None   # encoded through torch instead
         return
     g = plan.grid
     assert g.chunk_latents % cuda_plan.TILE_N == 0 and 1 <= g.chunks <= 65535
     assert g.chunks * g.chunk_latents >= d_sae > (g.chunks - 1) * g.chunk_latents  # none empty, all covered
-    assert plan.cap in cuda_plan.CAPS and plan.cap >= k + 32
+    assert plan.cap == fits[0]
     assert plan.candidates == g.chunks * k <= plan.sort_size <= cuda_plan.SORT_MAX
     assert plan.sort_size & (plan.sort_size - 1) == 0
+    row_blocks = -(-n // cuda_plan.TILE_M)
+    slots = device.sm_count * device.topk_blocks[plan.cap]
+    if g.chunks > 1:   # latents split only to fill the device: never past one wave
+        assert row_blocks * g.chunks <= slots
+
+
+def test_topk_plan_needs_a_buffer_that_fits():
+    assert cuda_plan.topk_plan(64, 4096, 40, SM86) is None           # needs cap 128: 0 CTAs fit on sm_86
+    assert cuda_plan.topk_plan(64, 4096, 32, SM86).cap == 64
+    assert cuda_plan.topk_plan(64, 4096, 200, A100).cap == 256
+    assert cuda_plan.topk_plan(64, 4096, 200, cuda_plan.Device(108, {64: 2, 128: 1, 256: 0}, 1)) is None
+
+
+def test_one_token_fills_one_wave():
+    plan = cuda_plan.topk_plan(1, 65536, 64, H100)
+    assert plan.grid.chunks == 128   # 512 tiles over 132 x 1 slots (cap 128: 2 per SM -> 264 would do,
+    # but the merge caps chunks at SORT_MAX / k = 128)
+    plan = cuda_plan.topk_plan(1, 65536, 8, H100)
+    assert plan.grid.chunks <= H100.sm_count * H100.topk_blocks[plan.cap]
 
 
 @pytest.mark.parametrize("n", [1, 64, 4096])
 def test_threshold_grid_and_cap(n):
     for d_sae in (1, 129, 65536):
-        g = cuda_plan.threshold_grid(n, d_sae, 108)
+        g = cuda_plan.threshold_grid(n, d_sae, A100)
         assert g.chunks * g.chunk_latents >= d_sae > (g.chunks - 1) * g.chunk_latents
         assert 1 <= cuda_plan.threshold_cap(d_sae) <= d_sae
+    assert cuda_plan.threshold_grid(n, 1000, cuda_plan.Device(82, {}, 0)) is None
 
 
 def test_fused_topk_fits_an_a100s_shared_memory():

@@ -49,12 +49,50 @@ def select_thread_pool(kind: str) -> str:
     return "openmp" if _OPENMP_PATH is not None else "own"
 
 
+_CUDA_IMPORT_ERROR: Optional[str] = None
+
+
 def _cuda_module():
+    """sae_native._cuda, or None when it was not built or does not load (the reason is kept for
+    build_info()["cuda_error"])."""
+    global _CUDA_IMPORT_ERROR
     try:
         from . import _cuda  # type: ignore[attr-defined]
-    except ImportError:
+    except ImportError as e:
+        _CUDA_IMPORT_ERROR = f"{type(e).__name__}: {e}"
         return None
     return _cuda
+
+
+def _version(v: int) -> Optional[str]:
+    """CUDA's integer versions (13000) as text ("13.0"); None for 0 (no driver)."""
+    return f"{v // 1000}.{v % 1000 // 10}" if v else None
+
+
+def cuda_status() -> Dict[str, Any]:
+    """The CUDA module's state: whether it loads, the driver and runtime versions, the GPUs the
+    driver shows, and in ``cuda_error`` why the CUDA kernels cannot run (None when they can)."""
+    cuda = _cuda_module()
+    if cuda is None:
+        missing = _CUDA_IMPORT_ERROR is not None and "No module named" in _CUDA_IMPORT_ERROR
+        return {"cuda_compiled": False, "cuda_archs": [], "cuda_devices": 0, "cuda_driver": None,
+                "cuda_runtime": None,
+                "cuda_error": ("built without the CUDA module (no nvcc at build time, or it was turned off: see "
+                               "docs/cuda.md)" if missing else f"the CUDA module does not load: {_CUDA_IMPORT_ERROR}")}
+    info = cuda.runtime_info()
+    driver, runtime = info["driver_version"], info["runtime_version"]
+    error = None
+    if driver == 0:
+        error = "no NVIDIA driver was found (cudaDriverGetVersion)"
+    elif driver < runtime:
+        error = (f"the driver supports CUDA {_version(driver)}, older than the CUDA {_version(runtime)} runtime this "
+                 f"module links: update the driver (CUDA 13 needs R580 or newer) or build against an older toolkit "
+                 f"(docs/cuda.md)")
+    elif info["device_count"] == 0:
+        error = info["error"] or "the driver shows no GPU"
+    return {"cuda_compiled": True, "cuda_archs": list(getattr(cuda, "ARCHS", [])),
+            "cuda_devices": int(info["device_count"]), "cuda_driver": _version(driver),
+            "cuda_runtime": _version(runtime), "cuda_error": error}
 
 
 def max_threads() -> int:
@@ -87,18 +125,17 @@ def build_info() -> Dict[str, Any]:
 
     Keys: ``version``, ``cpu_isa`` (the kernel variant in use), ``cpu_isas_supported``,
     ``cpu_features``, ``cuda_compiled``, ``cuda_archs``, ``cuda_devices`` (GPUs the driver shows;
-    0 without a driver), ``num_threads``, ``thread_pool``
-    ("openmp: <torch's runtime>" or "own"), ``compiler``, ``torch``, ``python``, ``machine``.
+    0 without a driver), ``cuda_driver`` / ``cuda_runtime`` (CUDA versions of the driver and of
+    the runtime linked into the module), ``cuda_error`` (why the CUDA kernels cannot run, or None),
+    ``num_threads``, ``thread_pool`` ("openmp: <torch's runtime>" or "own"), ``compiler``,
+    ``torch``, ``python``, ``machine``.
     """
-    cuda = _cuda_module()
     return {
         "version": getattr(_C, "__version__", "unknown"),
         "cpu_isa": _C.cpu_isa(),
         "cpu_isas_supported": list(_C.supported_isas()),
         "cpu_features": list(_C.cpu_features()),
-        "cuda_compiled": cuda is not None,
-        "cuda_archs": list(getattr(cuda, "ARCHS", [])) if cuda is not None else [],
-        "cuda_devices": int(cuda.device_count()) if cuda is not None else 0,
+        **cuda_status(),
         "num_threads": get_num_threads(),
         "thread_pool": f"openmp: {_OPENMP_PATH}" if _C.using_openmp_runtime() else "own",
         "compiler": _C.COMPILER,

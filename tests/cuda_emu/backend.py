@@ -7,17 +7,17 @@ hooks) runs through the CUDA kernels.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List
+import dataclasses
+from typing import Iterator, List, Optional
 
 import torch
 
 import sae_native.backends as backends
-from sae_native.backends import cpu, cuda
+from sae_native.backends import cpu, cuda, cuda_plan
 from sae_native.backends.cpu_packing import pack as _real_pack
 from sae_native.backends._checks import OpChecks
 from sae_native.backends.cuda_launch import Runtime
 
-H100_SMS = 132
 _active: List[cuda.Kernels] = []   # the emulated kernels now registered for the CPU, innermost last
 
 
@@ -27,9 +27,14 @@ def _register_cpu_kernels() -> None:
 
 
 @contextlib.contextmanager
-def emulated_cuda(lib, sm_count: int = H100_SMS) -> Iterator[cuda.Kernels]:
-    def runtime(device: torch.device) -> Runtime:
-        return Runtime(lib, 0, sm_count, cuda.index_check_wanted(), poison=True)
+def emulated_cuda(lib, sm_count: Optional[int] = None) -> Iterator[cuda.Kernels]:
+    """``sm_count`` overrides the emulated device's (lib.set_device sets the device for good)."""
+    def device(w_dtype_code: int) -> cuda_plan.Device:
+        d = cuda_plan.query_device(lib, w_dtype_code)   # not cached: tests change the emulated device
+        return d if sm_count is None else dataclasses.replace(d, sm_count=sm_count)
+
+    def runtime(_device: torch.device) -> Runtime:
+        return Runtime(lib, 0, device, cuda.index_check_wanted(), poison=True)
 
     kernels = cuda.Kernels(OpChecks("cpu", "CPU"), runtime, lambda device: contextlib.nullcontext())
     pack = backends._pack_cpu

@@ -28,7 +28,7 @@ from typing import Optional
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CUDA_SRC = ROOT / "cuda"
-KERNEL_SOURCES = ["encode.cu", "sort_rows.cu", "sparse_rows.cu", "steer.cu", "reference.cu"]
+KERNEL_SOURCES = ["encode.cu", "sort_rows.cu", "sparse_rows.cu", "steer.cu", "reference.cu", "device.cu"]
 BINDINGS = "bindings.cpp"
 
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;(){}]*>)?)\s*<<<(.*?)>>>", re.S)

@@ -20,6 +20,8 @@ void emu_register(pybind11::module_& m) {
   m.def("set_copies_at_issue", &emu::set_copies_at_issue,
         "cp.async data lands at issue as well as at the wait (exposes refills of a stage still in use).");
   m.def("set_smem_ceiling", &emu::set_smem_ceiling, "The device's dynamic shared memory per block, in bytes.");
+  m.def("set_device", &emu::set_device, pybind11::arg("sm_count"), pybind11::arg("smem_per_sm"),
+        "The device's multiprocessors and shared memory per multiprocessor (bytes).");
   m.def("launches", &emu::launches, "Kernel launches that passed the configuration checks so far.");
   m.def("reset_kernel_attributes", &emu::reset_kernel_attributes,
         "Forgets every cudaFuncSetAttribute (each kernel back to 48 KiB of dynamic shared memory).");

@@ -67,6 +67,8 @@ uint64_t g_seed = 0;
 bool g_copies_at_issue = false;
 bool g_warp_greedy = false;
 size_t g_ceiling = kDefaultSmemCeiling;
+int g_sm_count = 132;                      // an H100 / H200
+size_t g_smem_per_sm = 228 * 1024;
 uint64_t g_launches = 0;
 
 constexpr cudaError_t kDivergence = cudaErrorLaunchFailure;
@@ -363,6 +365,21 @@ void set_schedule_seed(uint64_t seed) { g_seed = seed; }
 void set_copies_at_issue(bool at_issue) { g_copies_at_issue = at_issue; }
 void set_warp_greedy(bool greedy) { g_warp_greedy = greedy; }
 void set_smem_ceiling(size_t bytes) { g_ceiling = bytes; }
+void set_device(int sm_count, size_t smem_per_sm) {
+  g_sm_count = sm_count;
+  g_smem_per_sm = smem_per_sm;
+}
+int sm_count() { return g_sm_count; }
+size_t smem_ceiling() { return g_ceiling; }
+size_t smem_per_sm() { return g_smem_per_sm; }
+
+int occupancy(int block_threads, size_t smem) {
+  // What the hardware's calculator would say with registers to spare: threads (2048 per SM),
+  // resident blocks (32) and shared memory (1 KiB reserved per block, as from sm_80 on).
+  if (block_threads < 1 || smem > g_ceiling) return 0;
+  const size_t by_smem = g_smem_per_sm / (smem + 1024);
+  return int(std::min<size_t>({size_t(2048 / block_threads), size_t(32), by_smem}));
+}
 void reset_kernel_attributes() { g_max_smem.clear(); }
 uint64_t launches() { return g_launches; }
 

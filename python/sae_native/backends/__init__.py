@@ -39,7 +39,11 @@ class PackedEncoder:
         if self.W_enc.device.type == "cpu":
             self._packed = _pack_cpu(self.W_enc)
         elif self.W_enc.device.type == "cuda":
-            # The CUDA kernels stream W_enc row-major; a transposed view is copied once, here.
+            # The CUDA kernels stream W_enc row-major; a transposed view is copied once, here. The
+            # device's kernels are loaded now too, so that a CUDA graph captured before any other
+            # call finds them loaded.
+            if CUDA_KERNELS:
+                _cuda_backend.load_kernels(self.W_enc.device)
             self._packed = self.W_enc if self.W_enc.is_contiguous() else self.W_enc.contiguous()
         else:
             self._packed = None

@@ -20,6 +20,7 @@ import torch
 
 from .._known_valid import known_valid
 from . import cuda_launch as launch
+from . import cuda_plan
 from ._checks import OpChecks, groupmax_k, topk_k
 
 OPS = ("encode_topk", "encode_groupmax", "encode_threshold", "decode", "sparse_dot", "sparse_outer",
@@ -89,9 +90,27 @@ class Kernels:
                                       mode_code, only_active, keep_error)
 
 
+def load_kernels(device: torch.device) -> None:
+    """Loads every kernel on ``device`` (once per device; see _loaded)."""
+    _loaded(device.index if device.index is not None else torch.cuda.current_device())
+
+
 @functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+def _loaded(index: int) -> bool:
+    """Loads every kernel on device ``index`` once, before any launch: with lazy module loading the
+    first launch of a kernel would load it, and inside a CUDA graph capture that fails."""
+    from .. import _cuda
+    with torch.cuda.device(index):
+        _cuda.load_kernels()
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _device(index: int, w_dtype_code: int) -> cuda_plan.Device:
+    """The planner's view of GPU ``index`` (multiprocessors, occupancy of the fused encode), once."""
+    from .. import _cuda
+    with torch.cuda.device(index):
+        return cuda_plan.query_device(_cuda, w_dtype_code)
 
 
 def index_check_wanted() -> bool:
@@ -103,8 +122,11 @@ def index_check_wanted() -> bool:
 def _gpu_runtime(device: torch.device) -> launch.Runtime:
     """sae_native._cuda on torch's current stream of ``device`` (inside torch.cuda.device)."""
     from .. import _cuda
+    load_kernels(device)
     check = index_check_wanted() and not torch.cuda.is_current_stream_capturing()
-    return launch.Runtime(_cuda, torch.cuda.current_stream(device).cuda_stream, _sm_count(device.index), check)
+    return launch.Runtime(_cuda, torch.cuda.current_stream(device).cuda_stream,
+                          functools.partial(_device, device.index if device.index is not None else
+                                            torch.cuda.current_device()), check)
 
 
 def register() -> None:

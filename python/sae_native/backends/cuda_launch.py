@@ -20,7 +20,7 @@ What differs from the CPU backend:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -37,7 +37,7 @@ _FUSED_WEIGHTS = (torch.float32, torch.bfloat16, torch.float16)
 class Runtime:
     lib: Any            # the kernel module: sae_native._cuda, or the emulator's build of it
     stream: int         # cudaStream_t as an integer (0: the legacy default stream)
-    sm_count: int       # multiprocessors to fill (the encode grid's chunking)
+    device: Callable[[int], cuda_plan.Device]  # the device the encode is planned for, by weight dtype code
     index_check: bool   # read back the kernels' out-of-range index reports (synchronises)
     poison: bool = False  # fill every buffer the kernels write with junk first (tests: unwritten shows)
 
@@ -106,7 +106,7 @@ def encode_topk(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Opt
     n, d_in = x.shape
     d_sae = W_enc.shape[1]
     T = x.dtype
-    plan = cuda_plan.topk_plan(n, d_sae, k, rt.sm_count) if _fused(T, W_enc) else None
+    plan = cuda_plan.topk_plan(n, d_sae, k, rt.device(dtype_code(W_enc.dtype))) if _fused(T, W_enc) else None
     if plan is None or n == 0:
         return cuda_dense.encode_topk(_dense_input(x, b_dec, W_enc), W_enc, b_enc, k)
     W = _weights("encode_topk", W_enc, packed)
@@ -131,12 +131,12 @@ def encode_threshold(rt: Runtime, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec
     n, d_in = x.shape
     d_sae = W_enc.shape[1]
     T = x.dtype
-    if not _fused(T, W_enc) or n == 0:
+    grid = cuda_plan.threshold_grid(n, d_sae, rt.device(dtype_code(W_enc.dtype))) if _fused(T, W_enc) else None
+    if grid is None or n == 0:
         return cuda_dense.encode_threshold(_dense_input(x, b_dec, W_enc), W_enc, b_enc, threshold,
                                            compact_nonfinite)
     W = _weights("encode_threshold", W_enc, packed)
     u = _encoder_input(x, b_dec, W)
-    grid = cuda_plan.threshold_grid(n, d_sae, rt.sm_count)
     cap = cuda_plan.threshold_cap(d_sae)
     while True:
         counts = torch.zeros(n, dtype=torch.int64, device=x.device)

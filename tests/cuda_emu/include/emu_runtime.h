@@ -66,6 +66,13 @@ void set_schedule_seed(uint64_t seed);
 void set_copies_at_issue(bool at_issue);
 void set_warp_greedy(bool greedy);
 void set_smem_ceiling(size_t bytes);
+// The device's multiprocessors and shared memory per multiprocessor (default: an H100 / H200's).
+void set_device(int sm_count, size_t smem_per_sm);
+int sm_count();
+size_t smem_ceiling();
+size_t smem_per_sm();
+// Resident blocks per multiprocessor for a kernel of this block size and dynamic shared memory.
+int occupancy(int block_threads, size_t smem);
 void reset_kernel_attributes();
 uint64_t launches();
 
