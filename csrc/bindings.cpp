@@ -1,6 +1,7 @@
-// The pybind11 module sae_native._C. It knows nothing of the math: it turns the raw pointers,
-// sizes and dtype codes that python/sae_native/backends/cpu.py passes into typed kernel calls,
-// with the GIL released. Python has already validated shapes, dtypes and contiguity.
+// The pybind11 module sae_native._C. It knows nothing of the math: it turns the tensors Python
+// describes (op_args.h: Mat, ClampArgs, built by python/sae_native/backends/native_args.py) into
+// typed kernel calls, with the GIL released. The op names and keyword arguments are the CUDA
+// module's too (cuda/bindings.cpp), less the stream and the device scratch.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -10,6 +11,7 @@
 #include <variant>
 #include <vector>
 
+#include "bind_args.h"
 #include "encode.h"
 #include "interrupt.h"
 #include "isa.h"
@@ -62,18 +64,25 @@ template <class F> void dispatch(int x_dtype, int w_dtype, F&& f) {
   if (xd == DType::f32 && wd == DType::bf16) return cancellable([&] { f(float{}, bf16{}); });
   if (xd == DType::f32 && wd == DType::f16) return cancellable([&] { f(float{}, f16{}); });
   if (xd == DType::f64 && wd == DType::f64) return cancellable([&] { f(double{}, double{}); });
-  throw std::invalid_argument("sae_native._C: unsupported dtype pair (activations " +
-                              std::to_string(x_dtype) + ", weights " + std::to_string(w_dtype) + ")");
+  throw std::invalid_argument("sae_native._C: unsupported dtype pair (activations " + std::to_string(x_dtype) +
+                              ", weights " + std::to_string(w_dtype) + ")");
 }
 
-template <class T> void dispatch_acc(int x_dtype, T&& f) {
-  if (DType(x_dtype) == DType::f32) return cancellable([&] { f(float{}); });
-  if (DType(x_dtype) == DType::f64) return cancellable([&] { f(double{}); });
-  throw std::invalid_argument("sae_native._C: activations must be float32 or float64");
+template <class W> Strided<W> strided(const Mat& m) {
+  return Strided<W>{as<const W>(m.data), m.rows, m.cols, m.row_stride, m.col_stride};
 }
 
-template <class W> Strided<W> strided(ptr_t p, index_t rows, index_t cols, index_t rs, index_t cs) {
-  return Strided<W>{as<const W>(p), rows, cols, rs, cs};
+template <class T>
+EncodeInputs<T> encode_inputs(const Mat& x, const Mat& w, ptr_t b_enc, ptr_t b_dec, ptr_t threshold) {
+  EncodeInputs<T> in;
+  in.n = x.rows;
+  in.d_in = w.rows;
+  in.d_sae = w.cols;
+  in.x = as<const T>(x.data);
+  in.b_enc = as<const T>(b_enc);
+  in.b_dec = as<const T>(b_dec);
+  in.threshold = as<const T>(threshold);
+  return in;
 }
 
 // Threshold codes computed by encode_threshold, held until Python has allocated the padded
@@ -97,32 +106,18 @@ class ThresholdResult {
   std::variant<ThresholdCodes<float>, ThresholdCodes<double>> codes_;
 };
 
-template <class T>
-EncodeInputs<T> encode_inputs(index_t n, index_t d_in, index_t d_sae, ptr_t x, ptr_t b_enc, ptr_t b_dec,
-                              ptr_t threshold) {
-  EncodeInputs<T> in;
-  in.n = n;
-  in.d_in = d_in;
-  in.d_sae = d_sae;
-  in.x = as<const T>(x);
-  in.b_enc = as<const T>(b_enc);
-  in.b_dec = as<const T>(b_dec);
-  in.threshold = as<const T>(threshold);
-  return in;
-}
-
-// What the sparse kernels return to Python: (number of out-of-range latents, one of them).
+// What the sparse kernels return to Python: (number of out-of-range indices, one of them).
 using IndexReport = std::pair<index_t, index_t>;
 IndexReport report(const IndexCheck& c) { return {c.count(), c.example()}; }
 
-template <class T> Clamp<T> make_clamp(index_t count, ptr_t features, ptr_t targets, int mode, bool only_active) {
-  if (mode < 0 || mode > 2) throw std::invalid_argument("clamp mode must be 0 (set), 1 (scale) or 2 (add)");
+template <class T> Clamp<T> clamp_of(const ClampArgs& a) {
+  if (a.mode < 0 || a.mode > 2) throw std::invalid_argument("clamp mode must be 0 (set), 1 (scale) or 2 (add)");
   Clamp<T> c;
-  c.count = count;
-  c.features = as<const index_t>(features);
-  c.targets = as<const T>(targets);
-  c.mode = ClampMode(mode);
-  c.only_active = only_active;
+  c.count = a.count;
+  c.features = as<const index_t>(a.features);
+  c.targets = as<const T>(a.targets);
+  c.mode = ClampMode(a.mode);
+  c.only_active = a.only_active;
   return c;
 }
 
@@ -141,11 +136,13 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("COMPILER") = "unknown";
 #endif
+  bind_op_args(m);
 
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
   set_interrupt_poll(&poll_python_signals);
 
+  // ---- the runtime ------------------------------------------------------------------------------
   m.def("set_num_threads", &set_num_threads, nogil);
   m.def("num_threads", &num_threads);
   m.def("use_openmp_runtime", &use_openmp_runtime);
@@ -167,116 +164,115 @@ PYBIND11_MODULE(_C, m) {
     return std::make_pair(total, check);
   }, nogil);
 
-  m.def("pack", [](int w_dtype, ptr_t w, index_t d_in, index_t d_sae, index_t rs, index_t cs, ptr_t out) {
-    dispatch(w_dtype == int(DType::f64) ? int(DType::f64) : int(DType::f32), w_dtype, [&](auto, auto w_tag) {
+  // ---- the ops (python/sae_native/_ops.py declares them) -----------------------------------------
+  m.def("pack_encoder", [](const Mat& w, ptr_t out) {
+    dispatch(w.dtype == int(DType::f64) ? int(DType::f64) : int(DType::f32), w.dtype, [&](auto, auto w_tag) {
       using W = decltype(w_tag);
-      pack_panels<W>(strided<W>(w, d_in, d_sae, rs, cs), as<W>(out));
+      pack_panels<W>(strided<W>(w), as<W>(out));
     });
-  }, nogil);
+  }, py::kw_only(), py::arg("w"), py::arg("out"), nogil);
 
-  m.def("encode_topk", [](int x_dtype, int w_dtype, index_t n, index_t d_in, index_t d_sae, ptr_t x,
-                          ptr_t packed, ptr_t b_enc, ptr_t b_dec, index_t k, ptr_t values, ptr_t indices) {
-    dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
+  // w: the packed W_enc (pack_encoder), rows d_in, cols d_sae, its dtype.
+  m.def("encode_topk", [](const Mat& x, const Mat& w, ptr_t b_enc, ptr_t b_dec, index_t k, ptr_t values,
+                          ptr_t indices) {
+    dispatch(x.dtype, w.dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
-      const auto in = encode_inputs<T>(n, d_in, d_sae, x, b_enc, b_dec, 0);
-      encode_topk<T, W>(in, as<const W>(packed), k, as<T>(values), as<index_t>(indices));
+      encode_topk<T, W>(encode_inputs<T>(x, w, b_enc, b_dec, 0), as<const W>(w.data), k, as<T>(values),
+                        as<index_t>(indices));
     });
-  }, nogil);
+  }, py::kw_only(), py::arg("x"), py::arg("w"), py::arg("b_enc"), py::arg("b_dec"), py::arg("k"), py::arg("values"),
+     py::arg("indices"), nogil);
 
-  m.def("encode_groupmax", [](int x_dtype, int w_dtype, index_t n, index_t d_in, index_t d_sae, ptr_t x,
-                              ptr_t packed, ptr_t b_enc, ptr_t b_dec, index_t k, ptr_t values, ptr_t indices) {
-    if (k < 1 || d_sae % k != 0) throw std::invalid_argument("groupmax: d_sae must be a multiple of k >= 1");
-    dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
+  m.def("encode_groupmax", [](const Mat& x, const Mat& w, ptr_t b_enc, ptr_t b_dec, index_t k, ptr_t values,
+                              ptr_t indices) {
+    if (k < 1 || w.cols % k != 0) throw std::invalid_argument("groupmax: d_sae must be a multiple of k >= 1");
+    dispatch(x.dtype, w.dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
-      const auto in = encode_inputs<T>(n, d_in, d_sae, x, b_enc, b_dec, 0);
-      encode_groupmax<T, W>(in, as<const W>(packed), k, as<T>(values), as<index_t>(indices));
+      encode_groupmax<T, W>(encode_inputs<T>(x, w, b_enc, b_dec, 0), as<const W>(w.data), k, as<T>(values),
+                            as<index_t>(indices));
     });
-  }, nogil);
+  }, py::kw_only(), py::arg("x"), py::arg("w"), py::arg("b_enc"), py::arg("b_dec"), py::arg("k"), py::arg("values"),
+     py::arg("indices"), nogil);
 
   py::class_<ThresholdResult>(m, "ThresholdResult")
       .def_property_readonly("max_count", &ThresholdResult::max_count)
       .def("write", &ThresholdResult::write, nogil);
 
-  m.def("encode_threshold", [](int x_dtype, int w_dtype, index_t n, index_t d_in, index_t d_sae, ptr_t x,
-                               ptr_t packed, ptr_t b_enc, ptr_t b_dec, ptr_t threshold, bool compact_nonfinite) {
+  m.def("encode_threshold", [](const Mat& x, const Mat& w, ptr_t b_enc, ptr_t b_dec, ptr_t threshold,
+                               bool compact_nonfinite) {
     std::unique_ptr<ThresholdResult> result;
-    dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
+    dispatch(x.dtype, w.dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
-      const auto in = encode_inputs<T>(n, d_in, d_sae, x, b_enc, b_dec, threshold);
-      result = std::make_unique<ThresholdResult>(encode_threshold<T, W>(in, as<const W>(packed), compact_nonfinite));
+      result = std::make_unique<ThresholdResult>(encode_threshold<T, W>(
+          encode_inputs<T>(x, w, b_enc, b_dec, threshold), as<const W>(w.data), compact_nonfinite));
     });
     return result;
-  }, nogil);
+  }, py::kw_only(), py::arg("x"), py::arg("w"), py::arg("b_enc"), py::arg("b_dec"), py::arg("threshold"),
+     py::arg("compact_nonfinite"), nogil);
 
-  m.def("combine_rows", [](int x_dtype, int w_dtype, index_t n, index_t k, ptr_t values, ptr_t indices,
-                           ptr_t w, index_t rows, index_t cols, index_t rs, index_t cs, ptr_t bias, ptr_t out) {
+  m.def("decode", [](const Mat& values, const Mat& indices, const Mat& w, ptr_t bias, ptr_t out) {
     IndexCheck check;
-    dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
+    dispatch(values.dtype, w.dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
-      combine_rows<T, W>(n, k, as<const T>(values), as<const index_t>(indices),
-                         strided<W>(w, rows, cols, rs, cs), as<const T>(bias), as<T>(out), &check);
+      combine_rows<T, W>(values.rows, values.cols, as<const T>(values.data), as<const index_t>(indices.data),
+                         strided<W>(w), as<const T>(bias), as<T>(out), &check);
     });
     return report(check);
-  }, nogil);
+  }, py::kw_only(), py::arg("values"), py::arg("indices"), py::arg("w"), py::arg("bias"), py::arg("out"), nogil);
 
-  m.def("dot_rows", [](int x_dtype, int w_dtype, index_t n, index_t k, ptr_t g, ptr_t indices,
-                       ptr_t w, index_t rows, index_t cols, index_t rs, index_t cs, ptr_t out) {
+  m.def("sparse_dot", [](const Mat& g, const Mat& indices, const Mat& w, ptr_t out) {
     IndexCheck check;
-    dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
+    dispatch(g.dtype, w.dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
-      dot_rows<T, W>(n, k, as<const T>(g), as<const index_t>(indices),
-                     strided<W>(w, rows, cols, rs, cs), as<T>(out), &check);
+      dot_rows<T, W>(indices.rows, indices.cols, as<const T>(g.data), as<const index_t>(indices.data),
+                     strided<W>(w), as<T>(out), &check);
     });
     return report(check);
-  }, nogil);
+  }, py::kw_only(), py::arg("g"), py::arg("indices"), py::arg("w"), py::arg("out"), nogil);
 
-  m.def("scatter_rows", [](int x_dtype, index_t n, index_t k, ptr_t values, ptr_t indices, ptr_t g,
-                           index_t d, ptr_t grad, index_t rows, index_t rs, index_t cs) {
+  // out: the [rows, d] gradient (any strides, zeroed by the caller).
+  m.def("sparse_outer", [](const Mat& values, const Mat& indices, const Mat& g, const Mat& out) {
     IndexCheck check;
-    dispatch_acc(x_dtype, [&](auto t_tag) {
+    dispatch(values.dtype, values.dtype, [&](auto t_tag, auto) {
       using T = decltype(t_tag);
-      scatter_rows<T>(n, k, as<const T>(values), as<const index_t>(indices), as<const T>(g), d,
-                      as<T>(grad), rows, rs, cs, &check);
+      scatter_rows<T>(values.rows, values.cols, as<const T>(values.data), as<const index_t>(indices.data),
+                      as<const T>(g.data), g.cols, as<T>(out.data), out.rows, out.row_stride, out.col_stride, &check);
     });
     return report(check);
-  }, nogil);
+  }, py::kw_only(), py::arg("values"), py::arg("indices"), py::arg("g"), py::arg("out"), nogil);
 
-  m.def("steer_threshold", [](int x_dtype, int w_dtype, index_t n, index_t d_in, index_t d_sae, ptr_t x,
-                              ptr_t w_enc, index_t enc_rs, index_t enc_cs, ptr_t b_enc, ptr_t threshold,
-                              ptr_t b_dec, ptr_t w_dec, index_t dec_rs, index_t dec_cs,
-                              index_t count, ptr_t features, ptr_t targets, int mode, bool only_active,
-                              ptr_t y, ptr_t z) {
+  // Returns the report of clamp features outside [0, d_sae) (skipped, never read).
+  m.def("steer_threshold", [](const Mat& x, const Mat& w_enc, ptr_t b_enc, ptr_t threshold, ptr_t b_dec,
+                              const Mat& w_dec, const ClampArgs& clamp, ptr_t y, ptr_t z) {
     IndexCheck feature_check;
-    dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
+    dispatch(x.dtype, w_dec.dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
-      steer_threshold<T, W>(n, as<const T>(x), strided<W>(w_enc, d_in, d_sae, enc_rs, enc_cs),
-                            as<const T>(b_enc), as<const T>(threshold), as<const T>(b_dec),
-                            strided<W>(w_dec, d_sae, d_in, dec_rs, dec_cs),
-                            make_clamp<T>(count, features, targets, mode, only_active),
+      steer_threshold<T, W>(x.rows, as<const T>(x.data), strided<W>(w_enc), as<const T>(b_enc),
+                            as<const T>(threshold), as<const T>(b_dec), strided<W>(w_dec), clamp_of<T>(clamp),
                             as<T>(y), as<T>(z), &feature_check);
     });
     return report(feature_check);
-  }, nogil);
+  }, py::kw_only(), py::arg("x"), py::arg("w_enc"), py::arg("b_enc"), py::arg("threshold"), py::arg("b_dec"),
+     py::arg("w_dec"), py::arg("clamp"), py::arg("y"), py::arg("z"), nogil);
 
-  m.def("steer_codes", [](int x_dtype, int w_dtype, index_t n, index_t d_in, index_t d_sae, index_t k,
-                          ptr_t x, ptr_t values, ptr_t indices, ptr_t w_dec, index_t dec_rs,
-                          index_t dec_cs, ptr_t b_dec, bool keep_error, index_t count, ptr_t features,
-                          ptr_t targets, int mode, bool only_active, ptr_t y, ptr_t z) {
+  // Returns (report of the codes' out-of-range indices, report of the clamp's features).
+  m.def("steer_codes", [](const Mat& x, const Mat& values, const Mat& indices, const Mat& w_dec, ptr_t b_dec,
+                          bool keep_error, const ClampArgs& clamp, ptr_t y, ptr_t z) {
     IndexCheck check, feature_check;
-    dispatch(x_dtype, w_dtype, [&](auto t_tag, auto w_tag) {
+    dispatch(x.dtype, w_dec.dtype, [&](auto t_tag, auto w_tag) {
       using T = decltype(t_tag);
       using W = decltype(w_tag);
-      steer_codes<T, W>(n, k, as<const T>(x), as<const T>(values), as<const index_t>(indices),
-                        strided<W>(w_dec, d_sae, d_in, dec_rs, dec_cs), as<const T>(b_dec),
-                        keep_error, make_clamp<T>(count, features, targets, mode, only_active),
-                        as<T>(y), as<T>(z), &check, &feature_check);
+      steer_codes<T, W>(x.rows, values.cols, as<const T>(x.data), as<const T>(values.data),
+                        as<const index_t>(indices.data), strided<W>(w_dec), as<const T>(b_dec), keep_error,
+                        clamp_of<T>(clamp), as<T>(y), as<T>(z), &check, &feature_check);
     });
     return std::make_pair(report(check), report(feature_check));
-  }, nogil);
+  }, py::kw_only(), py::arg("x"), py::arg("values"), py::arg("indices"), py::arg("w_dec"), py::arg("b_dec"),
+     py::arg("keep_error"), py::arg("clamp"), py::arg("y"), py::arg("z"), nogil);
 }

@@ -1,6 +1,6 @@
 // Per-row candidate lists for the fused encode: the ranking rule and the top-k buffer.
 //
-// Ranking (the contract in DESIGN.md): larger first, ties to the lower latent index. NaN ranks
+// Ranking (the contract in docs/design.md): larger first, ties to the lower latent index. NaN ranks
 // above every number, as torch.topk does, so a row whose pre-activations are NaN yields NaN
 // codes instead of silently dropping them.
 #pragma once

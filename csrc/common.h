@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "dtype.h"
+
 namespace sae {
 
 // All index math is 64-bit: N * d_sae routinely exceeds 2^31.
@@ -50,9 +52,6 @@ template <class Acc> static inline Acc widen(float w) { return Acc(w); }
 template <class Acc> static inline Acc widen(double w) { return Acc(w); }
 template <class Acc> static inline Acc widen(bf16 w) { return Acc(widen_bf16(w.bits)); }
 template <class Acc> static inline Acc widen(f16 w) { return Acc(widen_f16(w.bits)); }
-
-// Element type codes shared with Python (python/sae_native/backends/cpu.py).
-enum class DType : int { f32 = 0, f64 = 1, bf16 = 2, f16 = 3 };
 
 // A strided 2-D view of weights: element (r, c) lives at data[r * row_stride + c * col_stride].
 // Kernels read W_dec rows and W_enc columns through this, so transposed views cost no copy.

@@ -1,16 +1,14 @@
-// Clamped reconstruction (steering), as DESIGN.md defines it. For a clamp set C with targets c_f:
-//   delta_f = c_f - z_f (set), (c_f - 1) * z_f (scale: c_f is the factor), c_f (add);
-//   0 where only_active and z_f <= 0.
+// Clamped reconstruction (steering), as docs/design.md defines it. For a clamp set C with targets
+// c_f, delta_f = clamp_delta(z_f, c_f) (csrc/clamp.h), and
 //   keep_error: y = x + sum_f delta_f W_dec[f]
 //   otherwise:  y = decode(z) + sum_f delta_f W_dec[f]     (= decode(z'), z'_f = z_f + delta_f)
 #pragma once
 
+#include "clamp.h"
 #include "common.h"
 #include "sparse_rows.h"
 
 namespace sae {
-
-enum class ClampMode : int { set = 0, scale = 1, add = 2 };
 
 // The clamped features come from the caller and are never trusted: a feature outside [0, d_sae) is
 // skipped (its z is 0, it adds nothing) and counted in the kernel's feature check, never read.
@@ -21,16 +19,6 @@ template <class T> struct Clamp {
   ClampMode mode = ClampMode::set;
   bool only_active = false;          // where="active"
 };
-
-template <class T> inline T clamp_delta(T z, T c, ClampMode mode, bool only_active) {
-  if (only_active && !(z > T(0))) return T(0);
-  switch (mode) {
-    case ClampMode::set: return c - z;
-    case ClampMode::scale: return (c - T(1)) * z;
-    case ClampMode::add: return c;
-  }
-  return T(0);
-}
 
 // Threshold SAEs (JumpReLU / ReLU) with keep_error: z_f needs only column f of W_enc, so a row
 // costs O(|C| * d_in) whatever d_sae is. w_enc is [d_in, d_sae], w_dec [d_sae, d_in] (any

@@ -2,7 +2,7 @@
 // the latents and filters every tile straight out of shared memory. Nothing N x d_sae is written.
 //
 // TopK epilogue: one warp per row keeps the row's best candidates of the chunk in a shared buffer
-// of CAP keys (common.cuh: value descending, then latent ascending, as one uint64). A latent is a
+// of CAP keys (keys.h: value descending, then latent ascending, as one uint64). A latent is a
 // candidate only if its key beats the row's bar, the k-th best key seen so far in the chunk; the
 // warp ballots the hits of 32 latents at once and appends them compacted. When the buffer would
 // overflow, the warp sorts it (bitonic), keeps k and raises the bar to the k-th. At the end each
@@ -133,6 +133,29 @@ encode_threshold_kernel(GemmArgs g, const float* __restrict__ b_enc, const float
       }
     }
   }
+}
+
+// One fused encode launch, as the kernels see it.
+struct EncodeLaunch {
+  int w_dtype;
+  index_t n, d_in, d_sae;
+  const void* u;
+  const void* w;
+  const float* b_enc;
+  index_t chunk_latents;
+  int chunks;
+  bool vec;
+  void* stream;
+};
+
+EncodeLaunch launch_of(const Mat& u, const Mat& w, const float* b_enc, EncodeGrid grid, bool vec, void* stream,
+                       const char* op) {
+  if (u.dtype != w.dtype || u.cols != w.rows || u.col_stride != 1 || u.row_stride != u.cols || w.col_stride != 1 ||
+      w.row_stride != w.cols)
+    throw std::invalid_argument(std::string("sae_native._cuda.") + op +
+                                ": u and w must be row-major, of the same dtype, with u.cols == w.rows");
+  return EncodeLaunch{w.dtype, u.rows, u.cols, w.cols, reinterpret_cast<const void*>(u.data),
+                      reinterpret_cast<const void*>(w.data), b_enc, grid.chunk_latents, grid.chunks, vec, stream};
 }
 
 GemmArgs gemm_args(const EncodeLaunch& a) { return GemmArgs{a.u, a.w, a.n, a.d_in, a.d_sae, a.vec}; }
@@ -267,7 +290,9 @@ size_t topk_smem_bytes(int w_dtype, int cap) {
   throw std::invalid_argument("sae_native._cuda.topk_smem_bytes: weights must be float32, bfloat16 or float16");
 }
 
-void encode_topk(const EncodeLaunch& a, int k, int cap, uint64_t* cand) {
+void encode_topk(const Mat& u, const Mat& w, const float* b_enc, int k, int cap, EncodeGrid grid, bool vec,
+                 uint64_t* cand, void* stream) {
+  const EncodeLaunch a = launch_of(u, w, b_enc, grid, vec, stream, "encode_topk");
   check_encode(a, "encode_topk");
   if (k < 1 || k + 32 > cap || k > a.d_sae) throw std::invalid_argument("sae_native._cuda.encode_topk: need 1 <= k <= cap - 32");
   if (a.n == 0) return;
@@ -280,8 +305,9 @@ void encode_topk(const EncodeLaunch& a, int k, int cap, uint64_t* cand) {
   throw std::invalid_argument("sae_native._cuda.encode_topk: weights must be float32, bfloat16 or float16");
 }
 
-void encode_threshold(const EncodeLaunch& a, const float* threshold, index_t cap, int64_t* counts, uint64_t* hits,
-                      uint64_t* nonfinite) {
+void encode_threshold(const Mat& u, const Mat& w, const float* b_enc, const float* threshold, index_t cap,
+                      EncodeGrid grid, bool vec, int64_t* counts, uint64_t* hits, uint64_t* nonfinite, void* stream) {
+  const EncodeLaunch a = launch_of(u, w, b_enc, grid, vec, stream, "encode_threshold");
   check_encode(a, "encode_threshold");
   if (cap < 1) throw std::invalid_argument("sae_native._cuda.encode_threshold: cap must be >= 1");
   if (a.n == 0) return;

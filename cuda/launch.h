@@ -1,19 +1,25 @@
-// The host-side entry points of the CUDA kernels, called by cuda/bindings.cpp. Plain C++ types
-// only: raw device pointers, sizes, dtype codes and the caller's stream (cudaStream_t as void*).
-// Python (backends/cuda.py) has validated shapes, dtypes, devices and contiguity; every launcher
-// throws std::runtime_error if the launch fails. Nothing here synchronises or allocates.
+// The host-side entry points of the CUDA kernels, called by cuda/bindings.cpp. Tensors come as the
+// shared descriptors of csrc/op_args.h (Mat, ClampArgs), the same Python builds for the CPU
+// module; device pointers inside them, plus the caller's stream (cudaStream_t as void*) and any
+// device scratch the caller allocated. Python (backends/cuda/ops.py) has checked shapes, dtypes,
+// devices and contiguity against the op contract; index and clamp-feature values are never
+// trusted (out-of-range ones are skipped and counted). Every launcher throws std::runtime_error if
+// a launch fails. Nothing here synchronises or allocates.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
+#include "dtype.h"
+#include "op_args.h"
+
 namespace sae_cuda {
 
 using index_t = int64_t;
-
-// Element type codes shared with Python (python/sae_native/backends/_dtypes.py).
-enum class DType : int { f32 = 0, f64 = 1, bf16 = 2, f16 = 3 };
+using sae::ClampArgs;
+using sae::DType;
+using sae::Mat;
 
 // ---- the device (cuda/device.cu) --------------------------------------------------------------
 struct RuntimeInfo {
@@ -39,16 +45,11 @@ void load_sparse_row_kernels();
 void load_steer_kernels();
 
 // ---- fused encode (cuda/encode.cu) ----------------------------------------------------------
-struct EncodeLaunch {
-  int w_dtype;                 // of u and W_enc: bf16 / f16 (tensor cores) or f32 (FMA)
-  index_t n, d_in, d_sae;
-  const void* u;               // [n, d_in] row-major: x - b_dec, already in w_dtype
-  const void* w;               // W_enc [d_in, d_sae] row-major
-  const float* b_enc;          // [d_sae]
+// u: [n, d_in] row-major, x - b_dec already in w's dtype: bf16 / f16 (tensor cores) or f32 (FMA).
+// w: W_enc [d_in, d_sae] row-major. b_enc: float32 [d_sae].
+struct EncodeGrid {
   index_t chunk_latents;       // latents per CTA column (a multiple of kTileN)
   int chunks;                  // CTA columns: ceil(d_sae / chunk_latents)
-  bool vec;                    // 16-byte loads allowed (see GemmArgs)
-  void* stream;
 };
 
 constexpr int kTileM = 64, kTileN = 128;   // rows and latents per CTA tile (gemm_tiles.cuh)
@@ -62,15 +63,17 @@ size_t topk_smem_bytes(int w_dtype, int cap);
 int topk_blocks_per_sm(int w_dtype, int cap);
 int threshold_blocks_per_sm(int w_dtype);
 
-// Per row and chunk, the chunk's k best candidate keys, sorted: cand[n][chunks][k].
-void encode_topk(const EncodeLaunch& a, int k, int cap, uint64_t* cand);
+// Per row and chunk, the chunk's k best candidate keys, sorted: cand[n][chunks][k]. vec: 16-byte
+// loads allowed (d_in and d_sae multiples of 8, both pointers 16-byte aligned, 16-bit weights).
+void encode_topk(const Mat& u, const Mat& w, const float* b_enc, int k, int cap, EncodeGrid grid, bool vec,
+                 uint64_t* cand, void* stream);
 // Appends every active latent's key to hits[row][0, cap) and counts all of them (counts[n], zeroed
 // by the caller; a count above cap means the row's hits past cap were dropped: rerun wider).
 // nonfinite (null: keep every active latent, the dense formula) is [n], filled with ~0 by the
 // caller: a row with a non-finite active latent then keeps only its lowest such latent (hits[row][0],
 // count 1), as the CPU's compact_nonfinite (csrc/encode.h).
-void encode_threshold(const EncodeLaunch& a, const float* threshold, index_t cap, int64_t* counts, uint64_t* hits,
-                      uint64_t* nonfinite);
+void encode_threshold(const Mat& u, const Mat& w, const float* b_enc, const float* threshold, index_t cap,
+                      EncodeGrid grid, bool vec, int64_t* counts, uint64_t* hits, uint64_t* nonfinite, void* stream);
 
 // ---- sorted codes from candidate keys (cuda/sort_rows.cu) -------------------------------------
 constexpr int kSortMax = 8192;  // keys per row one block sorts in shared memory
@@ -81,44 +84,30 @@ void sort_rows(index_t n, const uint64_t* keys, index_t row_stride, index_t m, c
                index_t width, bool relu, float* values, int64_t* indices, void* stream);
 
 // ---- gathers and scatters over code rows (cuda/sparse_rows.cu) ---------------------------------
-// report: 2 device uint64 (count, example) of indices outside [-1, rows), skipped; may be null.
-// t_dtype: f32 or f64 (values, outputs); w_dtype: f32 / bf16 / f16 with f32, f64 with f64.
-void decode(int t_dtype, int w_dtype, index_t n, index_t k, const void* values, const int64_t* indices,
-            const void* w, index_t d_sae, index_t d_in, index_t row_stride, index_t col_stride, const void* b_dec,
-            void* out, unsigned long long* report, void* stream);
-void sparse_dot(int t_dtype, int w_dtype, index_t n, index_t k, const void* g, const int64_t* indices,
-                const void* w, index_t rows, index_t d, index_t row_stride, index_t col_stride, void* out,
-                unsigned long long* report, void* stream);
-void sparse_outer(int t_dtype, index_t n, index_t k, const void* values, const int64_t* indices, const void* g,
-                  index_t d, void* out, index_t rows, index_t row_stride, index_t col_stride,
-                  unsigned long long* report, void* stream);
+// values / g / out: f32 or f64 (the activations' dtype T); w: f32 / bf16 / f16 with f32, f64 with
+// f64, any strides. report: 2 device uint64 (count, example) of indices outside [-1, w.rows),
+// which are skipped; may be null.
+void decode(const Mat& values, const Mat& indices, const Mat& w, const void* bias, void* out,
+            unsigned long long* report, void* stream);
+void sparse_dot(const Mat& g, const Mat& indices, const Mat& w, void* out, unsigned long long* report,
+                void* stream);
+// out: the [rows, d] weight gradient, zeroed by the caller, any strides (atomics: not bitwise
+// reproducible, like torch's index_add_ on CUDA).
+void sparse_outer(const Mat& values, const Mat& indices, const Mat& g, const Mat& out, unsigned long long* report,
+                  void* stream);
 
-// ---- steering (cuda/steer.cu); t_dtype f32 or f64, every tensor in it -------------------------
-// gather_clamp widens the clamped features' W_enc columns (w_enc may be null: steer_codes), b_enc
-// and threshold entries (either may be null) and W_dec rows into enc_cols / dec_rows [count, d],
-// b_f / thr_f [count]. A feature outside [0, d_sae) is gathered as zeros and reported; the steer
-// kernels give it z = 0 and add nothing for it.
-void gather_clamp(int t_dtype, int w_dtype, index_t d, index_t d_sae, index_t count, const int64_t* features,
-                  const void* w_enc, index_t enc_rs, index_t enc_cs, const void* b_enc, const void* threshold,
-                  const void* w_dec, index_t dec_rs, index_t dec_cs, void* enc_cols, void* b_f, void* thr_f,
-                  void* dec_rows, unsigned long long* report, void* stream);
-void steer_codes(int t_dtype, index_t n, index_t d, index_t k, const void* base, const void* values,
-                 const int64_t* indices, index_t d_sae, index_t count, const int64_t* features, const void* targets,
-                 const void* dec_rows, int mode, bool only_active, void* y, void* z, unsigned long long* report,
-                 void* stream);
-void steer_threshold(int t_dtype, index_t n, index_t d, const void* x, const void* b_dec, index_t count,
-                     const int64_t* features, index_t d_sae, const void* enc_cols, const void* b_enc_f, const void* threshold_f, const void* dec_rows,
-                     const void* targets, int mode, bool only_active, void* y, void* z, void* stream);
-
-// ---- the obviously-correct reference kernels the tests compare against (cuda/reference.cu) ----
-void ref_preact(int w_dtype, index_t n, index_t d_in, index_t d_sae, const void* u, const void* w,
-                const float* b_enc, float* pre, void* stream);
-void ref_select_topk(index_t n, index_t d_sae, index_t k, const float* pre, float* values, int64_t* indices,
-                     void* stream);
-void ref_select_threshold(index_t n, index_t d_sae, const float* pre, const float* threshold, index_t width,
-                          float* values, int64_t* indices, int64_t* counts, void* stream);
-void ref_decode(int t_dtype, int w_dtype, index_t n, index_t k, const void* values, const int64_t* indices,
-                const void* w, index_t d_sae, index_t d_in, index_t row_stride, index_t col_stride,
-                const void* b_dec, void* out, void* stream);
+// ---- steering (cuda/steer.cu) -----------------------------------------------------------------
+// Both first gather the clamped features' W_dec rows (and for steer_threshold their W_enc columns,
+// b_enc and threshold entries) into `scratch`, widened to T: steer_scratch_elements(count, d) of
+// T. A feature outside [0, d_sae) is gathered as zeros, reported in feature_report and adds
+// nothing (its z is 0). y and z: [n, d] and [n, count] of T.
+index_t steer_scratch_elements(index_t count, index_t d);
+void steer_threshold(const Mat& x, const Mat& w_enc, const void* b_enc, const void* threshold, const void* b_dec,
+                     const Mat& w_dec, const ClampArgs& clamp, void* y, void* z, void* scratch,
+                     unsigned long long* feature_report, void* stream);
+// Without keep_error, y = decode(codes) + b_dec first (report: its out-of-range indices).
+void steer_codes(const Mat& x, const Mat& values, const Mat& indices, const Mat& w_dec, const void* b_dec,
+                 bool keep_error, const ClampArgs& clamp, void* y, void* z, void* scratch, unsigned long long* report,
+                 unsigned long long* feature_report, void* stream);
 
 }  // namespace sae_cuda

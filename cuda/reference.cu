@@ -5,6 +5,7 @@
 //   ref_select_threshold: the same over the active latents, padded with (0, -1)
 //   ref_decode:           out[r, c] = b_dec[c] + sum_j values[r, j] * W[indices[r, j], c]
 #include "launch_util.cuh"
+#include "reference.h"
 
 namespace sae_cuda {
 namespace {
@@ -112,7 +113,7 @@ void ref_preact(int w_dtype, index_t n, index_t d_in, index_t d_sae, const void*
           n, d_in, d_sae, static_cast<const float*>(u), static_cast<const float*>(w), b_enc, pre);
       break;
     default:
-      throw std::invalid_argument("sae_native._cuda.ref_preact: weights must be float32, bfloat16 or float16");
+      throw std::invalid_argument("sae_native._cuda_test.ref_preact: weights must be float32, bfloat16 or float16");
   }
   check_launch("ref_preact");
 }
@@ -150,7 +151,7 @@ void ref_decode(int t_dtype, int w_dtype, index_t n, index_t k, const void* valu
   else if (t == DType::f32 && wd == DType::bf16) launch(float{}, __nv_bfloat16{});
   else if (t == DType::f32 && wd == DType::f16) launch(float{}, __half{});
   else if (t == DType::f64 && wd == DType::f64) launch(double{}, double{});
-  else throw std::invalid_argument("sae_native._cuda.ref_decode: unsupported dtype pair");
+  else throw std::invalid_argument("sae_native._cuda_test.ref_decode: unsupported dtype pair");
   check_launch("ref_decode");
 }
 

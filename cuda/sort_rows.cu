@@ -8,7 +8,9 @@
 namespace sae_cuda {
 namespace {
 
-__global__ void sort_rows_kernel(const uint64_t* __restrict__ keys, index_t row_stride, index_t m,
+constexpr int kSortThreads = 256;
+
+__global__ void __launch_bounds__(kSortThreads) sort_rows_kernel(const uint64_t* __restrict__ keys, index_t row_stride, index_t m,
                                  const int64_t* __restrict__ counts, int size, index_t width, bool relu,
                                  float* __restrict__ values, int64_t* __restrict__ indices) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -62,7 +64,7 @@ void sort_rows(index_t n, const uint64_t* keys, index_t row_stride, index_t m, c
   if (n == 0 || width == 0) return;
   const size_t smem = size_t(size) * sizeof(uint64_t);
   allow_smem(sort_rows_kernel, smem, "sort_rows");
-  sort_rows_kernel<<<blocks_for(n, 1, 0x7FFFFFFF), 256, smem, as_stream(stream)>>>(keys, row_stride, m, counts, size,
+  sort_rows_kernel<<<blocks_for(n, 1, 0x7FFFFFFF), kSortThreads, smem, as_stream(stream)>>>(keys, row_stride, m, counts, size,
                                                                                   width, relu, values, indices);
   check_launch("sort_rows");
 }

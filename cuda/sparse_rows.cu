@@ -39,7 +39,7 @@ template <class T, class W, int V> __device__ __forceinline__ void fma_weights(T
 // One block per row; thread t owns column vectors t, t + blockDim, ... (V columns each).
 // V > 1 needs unit column stride, 16-byte aligned rows and d_in % V == 0.
 template <class T, class W, int V>
-__global__ void decode_kernel(index_t k, const T* __restrict__ values, const int64_t* __restrict__ indices,
+__global__ void __launch_bounds__(1024) decode_kernel(index_t k, const T* __restrict__ values, const int64_t* __restrict__ indices,
                               const W* __restrict__ w, index_t d_sae, index_t d_in, index_t rs, index_t cs,
                               const T* __restrict__ b_dec, T* __restrict__ out, unsigned long long* report) {
   __shared__ T sv[kCodesPerRound];
@@ -78,7 +78,7 @@ __global__ void decode_kernel(index_t k, const T* __restrict__ values, const int
 
 // One warp per (row, code) pair.
 template <class T, class W>
-__global__ void sparse_dot_kernel(index_t pairs, index_t k, const T* __restrict__ g,
+__global__ void __launch_bounds__(256) sparse_dot_kernel(index_t pairs, index_t k, const T* __restrict__ g,
                                   const int64_t* __restrict__ indices, const W* __restrict__ w, index_t rows,
                                   index_t d, index_t rs, index_t cs, T* __restrict__ out,
                                   unsigned long long* report) {
@@ -99,7 +99,7 @@ __global__ void sparse_dot_kernel(index_t pairs, index_t k, const T* __restrict_
 
 // One block per (row, code) pair: out[idx] += value * g[row] along the row (or column, by strides).
 template <class T>
-__global__ void sparse_outer_kernel(index_t pairs, index_t k, const T* __restrict__ values,
+__global__ void __launch_bounds__(256) sparse_outer_kernel(index_t pairs, index_t k, const T* __restrict__ values,
                                     const int64_t* __restrict__ indices, const T* __restrict__ g, index_t d,
                                     T* __restrict__ out, index_t rows, index_t rs, index_t cs,
                                     unsigned long long* report) {
@@ -142,55 +142,58 @@ void load_sparse_row_kernels() {
   load_kernel(sparse_outer_kernel<double>, "sparse_outer");
 }
 
-void decode(int t_dtype, int w_dtype, index_t n, index_t k, const void* values, const int64_t* indices,
-            const void* w, index_t d_sae, index_t d_in, index_t row_stride, index_t col_stride, const void* b_dec,
-            void* out, unsigned long long* report, void* stream) {
+void decode(const Mat& values, const Mat& indices, const Mat& w, const void* bias, void* out,
+            unsigned long long* report, void* stream) {
+  const index_t n = values.rows, k = values.cols, d_sae = w.rows, d_in = w.cols;
   if (n <= 0 || d_in <= 0) return;
-  dispatch(t_dtype, w_dtype, "decode", [&](auto t, auto wt) {
+  const void* vals = reinterpret_cast<const void*>(values.data);
+  const auto* idx = reinterpret_cast<const int64_t*>(indices.data);
+  const void* wp = reinterpret_cast<const void*>(w.data);
+  dispatch(values.dtype, w.dtype, "decode", [&](auto t, auto wt) {
     using T = decltype(t);
     using W = decltype(wt);
     constexpr int V = int(16 / sizeof(W));
-    const bool vec = col_stride == 1 && d_in % V == 0 && (row_stride * index_t(sizeof(W))) % 16 == 0 &&
-                     reinterpret_cast<uintptr_t>(w) % 16 == 0;
+    const bool vec = w.col_stride == 1 && d_in % V == 0 && (w.row_stride * index_t(sizeof(W))) % 16 == 0 &&
+                     w.data % 16 == 0;
     if (vec)
-      launch_decode<T, W, V>(n, k, values, indices, w, d_sae, d_in, row_stride, col_stride, b_dec, out, report,
+      launch_decode<T, W, V>(n, k, vals, idx, wp, d_sae, d_in, w.row_stride, w.col_stride, bias, out, report,
                              as_stream(stream));
     else
-      launch_decode<T, W, 1>(n, k, values, indices, w, d_sae, d_in, row_stride, col_stride, b_dec, out, report,
+      launch_decode<T, W, 1>(n, k, vals, idx, wp, d_sae, d_in, w.row_stride, w.col_stride, bias, out, report,
                              as_stream(stream));
   });
 }
 
-void sparse_dot(int t_dtype, int w_dtype, index_t n, index_t k, const void* g, const int64_t* indices,
-                const void* w, index_t rows, index_t d, index_t row_stride, index_t col_stride, void* out,
-                unsigned long long* report, void* stream) {
-  const index_t pairs = n * k;
+void sparse_dot(const Mat& g, const Mat& indices, const Mat& w, void* out, unsigned long long* report,
+                void* stream) {
+  const index_t k = indices.cols, pairs = indices.rows * k;
   if (pairs <= 0) return;
-  dispatch(t_dtype, w_dtype, "sparse_dot", [&](auto t, auto wt) {
+  dispatch(g.dtype, w.dtype, "sparse_dot", [&](auto t, auto wt) {
     using T = decltype(t);
     using W = decltype(wt);
     sparse_dot_kernel<T, W><<<blocks_for(pairs, 8, 1 << 20), 256, 0, as_stream(stream)>>>(
-        pairs, k, static_cast<const T*>(g), indices, static_cast<const W*>(w), rows, d, row_stride, col_stride,
-        static_cast<T*>(out), report);
+        pairs, k, reinterpret_cast<const T*>(g.data), reinterpret_cast<const int64_t*>(indices.data),
+        reinterpret_cast<const W*>(w.data), w.rows, w.cols, w.row_stride, w.col_stride, static_cast<T*>(out),
+        report);
     check_launch("sparse_dot");
   });
 }
 
-void sparse_outer(int t_dtype, index_t n, index_t k, const void* values, const int64_t* indices, const void* g,
-                  index_t d, void* out, index_t rows, index_t row_stride, index_t col_stride,
-                  unsigned long long* report, void* stream) {
-  const index_t pairs = n * k;
+void sparse_outer(const Mat& values, const Mat& indices, const Mat& g, const Mat& out, unsigned long long* report,
+                  void* stream) {
+  const index_t k = values.cols, pairs = values.rows * k, d = g.cols;
   if (pairs <= 0 || d <= 0) return;
   const int threads = int(std::min<index_t>(256, std::max<index_t>(32, (d + 31) / 32 * 32)));
   const unsigned blocks = blocks_for(pairs, 1, 1 << 20);
-  if (DType(t_dtype) == DType::f32)
+  const auto* idx = reinterpret_cast<const int64_t*>(indices.data);
+  if (DType(values.dtype) == DType::f32)
     sparse_outer_kernel<float><<<blocks, threads, 0, as_stream(stream)>>>(
-        pairs, k, static_cast<const float*>(values), indices, static_cast<const float*>(g), d,
-        static_cast<float*>(out), rows, row_stride, col_stride, report);
-  else if (DType(t_dtype) == DType::f64)
+        pairs, k, reinterpret_cast<const float*>(values.data), idx, reinterpret_cast<const float*>(g.data), d,
+        reinterpret_cast<float*>(out.data), out.rows, out.row_stride, out.col_stride, report);
+  else if (DType(values.dtype) == DType::f64)
     sparse_outer_kernel<double><<<blocks, threads, 0, as_stream(stream)>>>(
-        pairs, k, static_cast<const double*>(values), indices, static_cast<const double*>(g), d,
-        static_cast<double*>(out), rows, row_stride, col_stride, report);
+        pairs, k, reinterpret_cast<const double*>(values.data), idx, reinterpret_cast<const double*>(g.data), d,
+        reinterpret_cast<double*>(out.data), out.rows, out.row_stride, out.col_stride, report);
   else
     throw std::invalid_argument("sae_native._cuda.sparse_outer: values must be float32 or float64");
   check_launch("sparse_outer");

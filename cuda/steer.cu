@@ -1,12 +1,13 @@
-// Steering (clamped reconstruction), DESIGN.md's formula: y = base + sum_f delta_f * W_dec[f], with
-// delta_f from the clamp mode (set: c - z, scale: (c - 1) z, add: c; 0 where only_active and
-// z <= 0). One block per row; the clamped features' W rows come gathered ([count, d], small) by
-// gather_clamp, which, like every kernel here, never trusts the features: one outside [0, d_sae)
-// is reported, gathered as zeros, and adds nothing (its z is 0).
+// Steering (clamped reconstruction), docs/design.md's formula: y = base + sum_f delta_f * W_dec[f],
+// with delta_f = clamp_delta(z_f, c_f) (csrc/clamp.h, shared with the CPU kernels). One block per
+// row; the clamped features' W rows come gathered ([count, d], small) by gather_clamp, which, like
+// every kernel here, never trusts the features: one outside [0, d_sae) is reported, gathered as
+// zeros, and adds nothing (its z is 0).
 //   steer_codes:     z_f is the row's code value for latent f (0 if absent); base is x
 //                    (keep_error) or the decoded codes (written into y beforehand by decode).
 //   steer_threshold: z_f = relu(pre_f) * (pre_f > threshold_f) from column f of W_enc alone,
 //                    O(count * d) per row whatever d_sae is; base is x.
+#include "clamp.h"
 #include "launch_util.cuh"
 
 namespace sae_cuda {
@@ -16,14 +17,8 @@ constexpr unsigned kFull = 0xFFFFFFFFu;
 constexpr int kFeaturesPerRound = 1024;  // clamped features whose deltas sit in shared memory at once
 constexpr int kThreads = 256;
 
-template <class T> __device__ __forceinline__ T clamp_delta(T z, T c, int mode, bool only_active) {
-  if (only_active && !(z > T(0))) return T(0);
-  switch (mode) {
-    case 0: return c - z;           // set
-    case 1: return (c - T(1)) * z;  // scale
-    case 2: return c;               // add
-  }
-  return T(0);
+template <class T> __device__ __forceinline__ T delta_of(T z, T c, int mode, bool only_active) {
+  return sae::clamp_delta(z, c, sae::ClampMode(mode), only_active);
 }
 
 // y[row] = (first round ? base[row] : y[row]) + sum over this round's features of delta * W row.
@@ -46,7 +41,7 @@ __device__ __forceinline__ bool feature_ok(int64_t f, index_t d_sae) { return f 
 // One block per clamped feature: column f of W_enc (when given), b_enc[f], threshold[f] (when
 // given) and row f of W_dec, widened to T; zeros for a feature outside [0, d_sae).
 template <class T, class W>
-__global__ void gather_clamp_kernel(index_t d, index_t d_sae, const int64_t* __restrict__ features,
+__global__ void __launch_bounds__(kThreads) gather_clamp_kernel(index_t d, index_t d_sae, const int64_t* __restrict__ features,
                                     const W* __restrict__ w_enc, index_t enc_rs, index_t enc_cs,
                                     const T* __restrict__ b_enc, const T* __restrict__ threshold,
                                     const W* __restrict__ w_dec, index_t dec_rs, index_t dec_cs,
@@ -99,7 +94,7 @@ steer_codes_kernel(index_t d, index_t k, const T* base, const T* __restrict__ va
     for (int c = threadIdx.x; c < cn; c += blockDim.x) {
       const T zf = first_pos[c] == 0x7FFFFFFF ? T(0) : vr[first_pos[c]];
       z[row * count + c0 + c] = zf;
-      delta[c] = feature_ok(features[c0 + c], d_sae) ? clamp_delta(zf, targets[c0 + c], mode, only_active) : T(0);
+      delta[c] = feature_ok(features[c0 + c], d_sae) ? delta_of(zf, targets[c0 + c], mode, only_active) : T(0);
     }
     __syncthreads();
     add_deltas<T>(row, d, base, dec_rows + c0 * d, delta, cn, c0 == 0, y);
@@ -133,7 +128,7 @@ steer_threshold_kernel(index_t d, const T* __restrict__ x, const T* __restrict__
         const T t = threshold_f != nullptr ? threshold_f[c0 + c] : T(0);
         const T zf = !ok ? T(0) : pre != pre ? pre : ((pre > t && pre > T(0)) ? pre : T(0));  // NaN kept
         z[row * count + c0 + c] = zf;
-        delta[c] = ok ? clamp_delta(zf, targets[c0 + c], mode, only_active) : T(0);
+        delta[c] = ok ? delta_of(zf, targets[c0 + c], mode, only_active) : T(0);
       }
     }
     __syncthreads();
@@ -154,63 +149,75 @@ void load_steer_kernels() {
   load_kernel(steer_threshold_kernel<double>, "steer_threshold");
 }
 
-void gather_clamp(int t_dtype, int w_dtype, index_t d, index_t d_sae, index_t count, const int64_t* features,
-                  const void* w_enc, index_t enc_rs, index_t enc_cs, const void* b_enc, const void* threshold,
-                  const void* w_dec, index_t dec_rs, index_t dec_cs, void* enc_cols, void* b_f, void* thr_f,
-                  void* dec_rows, unsigned long long* report, void* stream) {
-  if (count <= 0) return;
-  dispatch(t_dtype, w_dtype, "gather_clamp", [&](auto t, auto wt) {
+namespace {
+
+// The gathered copies inside the caller's scratch: [count, d] W_dec rows, [count, d] W_enc columns,
+// [count] b_enc entries, [count] thresholds.
+template <class T> struct Gathered {
+  T *dec_rows, *enc_cols, *b_f, *thr_f;
+  Gathered(void* scratch, index_t count, index_t d) {
+    dec_rows = static_cast<T*>(scratch);
+    enc_cols = dec_rows + count * d;
+    b_f = enc_cols + count * d;
+    thr_f = b_f + count;
+  }
+};
+
+template <class T, class W>
+void gather(const Mat* w_enc, const void* b_enc, const void* threshold, const Mat& w_dec, const ClampArgs& clamp,
+            const Gathered<T>& g, unsigned long long* report, cudaStream_t stream) {
+  if (clamp.count <= 0) return;
+  const index_t d = w_dec.cols;
+  gather_clamp_kernel<T, W><<<blocks_for(clamp.count, 1, 0x7FFFFFFF), kThreads, 0, stream>>>(
+      d, w_dec.rows, reinterpret_cast<const int64_t*>(clamp.features),
+      w_enc ? reinterpret_cast<const W*>(w_enc->data) : nullptr, w_enc ? w_enc->row_stride : 0,
+      w_enc ? w_enc->col_stride : 0, static_cast<const T*>(b_enc), static_cast<const T*>(threshold),
+      reinterpret_cast<const W*>(w_dec.data), w_dec.row_stride, w_dec.col_stride, w_enc ? g.enc_cols : nullptr,
+      b_enc ? g.b_f : nullptr, threshold ? g.thr_f : nullptr, g.dec_rows, report);
+  check_launch("gather_clamp");
+}
+
+}  // namespace
+
+index_t steer_scratch_elements(index_t count, index_t d) { return 2 * count * d + 2 * count; }
+
+void steer_threshold(const Mat& x, const Mat& w_enc, const void* b_enc, const void* threshold, const void* b_dec,
+                     const Mat& w_dec, const ClampArgs& clamp, void* y, void* z, void* scratch,
+                     unsigned long long* feature_report, void* stream) {
+  const index_t n = x.rows, d = x.cols, count = clamp.count;
+  dispatch(x.dtype, w_dec.dtype, "steer_threshold", [&](auto t, auto wt) {
     using T = decltype(t);
     using W = decltype(wt);
-    gather_clamp_kernel<T, W><<<blocks_for(count, 1, 0x7FFFFFFF), kThreads, 0, as_stream(stream)>>>(
-        d, d_sae, features, static_cast<const W*>(w_enc), enc_rs, enc_cs, static_cast<const T*>(b_enc),
-        static_cast<const T*>(threshold), static_cast<const W*>(w_dec), dec_rs, dec_cs, static_cast<T*>(enc_cols),
-        static_cast<T*>(b_f), static_cast<T*>(thr_f), static_cast<T*>(dec_rows), report);
-    check_launch("gather_clamp");
+    const Gathered<T> g(scratch, count, d);
+    gather<T, W>(&w_enc, b_enc, threshold, w_dec, clamp, g, feature_report, as_stream(stream));
+    if (n <= 0) return;
+    steer_threshold_kernel<T><<<blocks_for(n, 1, 0x7FFFFFFF), kThreads, 0, as_stream(stream)>>>(
+        d, reinterpret_cast<const T*>(x.data), static_cast<const T*>(b_dec), count,
+        reinterpret_cast<const int64_t*>(clamp.features), w_dec.rows, g.enc_cols, g.b_f,
+        threshold ? g.thr_f : nullptr, g.dec_rows, reinterpret_cast<const T*>(clamp.targets), clamp.mode,
+        clamp.only_active, static_cast<T*>(y), static_cast<T*>(z));
+    check_launch("steer_threshold");
   });
 }
 
-void steer_codes(int t_dtype, index_t n, index_t d, index_t k, const void* base, const void* values,
-                 const int64_t* indices, index_t d_sae, index_t count, const int64_t* features, const void* targets,
-                 const void* dec_rows, int mode, bool only_active, void* y, void* z, unsigned long long* report,
-                 void* stream) {
-  if (n <= 0) return;
-  const unsigned blocks = blocks_for(n, 1, 0x7FFFFFFF);
-  if (DType(t_dtype) == DType::f32)
-    steer_codes_kernel<float><<<blocks, kThreads, 0, as_stream(stream)>>>(
-        d, k, static_cast<const float*>(base), static_cast<const float*>(values), indices, d_sae, count, features,
-        static_cast<const float*>(targets), static_cast<const float*>(dec_rows), mode, only_active,
-        static_cast<float*>(y), static_cast<float*>(z), report);
-  else if (DType(t_dtype) == DType::f64)
-    steer_codes_kernel<double><<<blocks, kThreads, 0, as_stream(stream)>>>(
-        d, k, static_cast<const double*>(base), static_cast<const double*>(values), indices, d_sae, count, features,
-        static_cast<const double*>(targets), static_cast<const double*>(dec_rows), mode, only_active,
-        static_cast<double*>(y), static_cast<double*>(z), report);
-  else
-    throw std::invalid_argument("sae_native._cuda.steer_codes: activations must be float32 or float64");
-  check_launch("steer_codes");
-}
-
-void steer_threshold(int t_dtype, index_t n, index_t d, const void* x, const void* b_dec, index_t count,
-                     const int64_t* features, index_t d_sae, const void* enc_cols, const void* b_enc_f, const void* threshold_f, const void* dec_rows,
-                     const void* targets, int mode, bool only_active, void* y, void* z, void* stream) {
-  if (n <= 0) return;
-  const unsigned blocks = blocks_for(n, 1, 0x7FFFFFFF);
-  if (DType(t_dtype) == DType::f32)
-    steer_threshold_kernel<float><<<blocks, kThreads, 0, as_stream(stream)>>>(
-        d, static_cast<const float*>(x), static_cast<const float*>(b_dec), count, features, d_sae,
-        static_cast<const float*>(enc_cols), static_cast<const float*>(b_enc_f),
-        static_cast<const float*>(threshold_f), static_cast<const float*>(dec_rows),
-        static_cast<const float*>(targets), mode, only_active, static_cast<float*>(y), static_cast<float*>(z));
-  else if (DType(t_dtype) == DType::f64)
-    steer_threshold_kernel<double><<<blocks, kThreads, 0, as_stream(stream)>>>(
-        d, static_cast<const double*>(x), static_cast<const double*>(b_dec), count, features, d_sae,
-        static_cast<const double*>(enc_cols), static_cast<const double*>(b_enc_f),
-        static_cast<const double*>(threshold_f), static_cast<const double*>(dec_rows),
-        static_cast<const double*>(targets), mode, only_active, static_cast<double*>(y), static_cast<double*>(z));
-  else
-    throw std::invalid_argument("sae_native._cuda.steer_threshold: activations must be float32 or float64");
-  check_launch("steer_threshold");
+void steer_codes(const Mat& x, const Mat& values, const Mat& indices, const Mat& w_dec, const void* b_dec,
+                 bool keep_error, const ClampArgs& clamp, void* y, void* z, void* scratch, unsigned long long* report,
+                 unsigned long long* feature_report, void* stream) {
+  const index_t n = x.rows, d = x.cols, count = clamp.count;
+  if (!keep_error) decode(values, indices, w_dec, b_dec, y, report, stream);   // y starts as the codes' decode
+  dispatch(x.dtype, w_dec.dtype, "steer_codes", [&](auto t, auto wt) {
+    using T = decltype(t);
+    using W = decltype(wt);
+    const Gathered<T> g(scratch, count, d);
+    gather<T, W>(nullptr, nullptr, nullptr, w_dec, clamp, g, feature_report, as_stream(stream));
+    if (n <= 0) return;
+    steer_codes_kernel<T><<<blocks_for(n, 1, 0x7FFFFFFF), kThreads, 0, as_stream(stream)>>>(
+        d, values.cols, keep_error ? reinterpret_cast<const T*>(x.data) : static_cast<const T*>(y),
+        reinterpret_cast<const T*>(values.data), reinterpret_cast<const int64_t*>(indices.data), w_dec.rows, count,
+        reinterpret_cast<const int64_t*>(clamp.features), reinterpret_cast<const T*>(clamp.targets), g.dec_rows,
+        clamp.mode, clamp.only_active, static_cast<T*>(y), static_cast<T*>(z), keep_error ? report : nullptr);
+    check_launch("steer_codes");
+  });
 }
 
 }  // namespace sae_cuda

@@ -1,4 +1,6 @@
-"""A float64 dense reference of DESIGN.md's math, written for clarity rather than speed.
+"""The tests' float64 oracle: sae_native.reference's dense formulas (docs/design.md's math) in
+float64 on an SAE's weights, with the SAE-level pieces the tests need (input normalization, a
+rounding bound, steering by a dict).
 
 Everything here materialises [n, d_sae]; tests keep the sizes small.
 """
@@ -9,6 +11,8 @@ from typing import Dict, Optional
 
 import torch
 from torch import Tensor
+
+from sae_native import reference
 
 EPS32 = float(torch.finfo(torch.float32).eps)
 
@@ -45,7 +49,7 @@ class RefSAE:
         return x - self.d(self.b_dec) if self.apply_b_dec_to_input else x
 
     def pre(self, x: Tensor) -> Tensor:
-        return self.u(x) @ self.d(self.W_enc) + self.d(self.b_enc)
+        return reference.preact(self.u(x), self.d(self.W_enc), self.d(self.b_enc))
 
     def pre_error_bound(self, x: Tensor) -> Tensor:
         """A bound on |pre computed in float32 - pre in float64| (worst-case dot-product rounding)."""
@@ -55,52 +59,34 @@ class RefSAE:
         return 2 * (d_in + 2) * EPS32 * scale + 1e-30
 
     def dense(self, x: Tensor) -> Tensor:
-        """z [n, d_sae] by the dense formula."""
-        pre = self.pre(x)
-        if self.activation == "topk":
-            idx = topk_indices(pre, self.k)
-            return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx).relu())
-        if self.activation == "groupmax":
-            groups = pre.relu().unflatten(-1, (self.k, -1))
-            best = groups.max(dim=-1)
-            idx = best.indices + torch.arange(0, pre.shape[-1], pre.shape[-1] // self.k)
-            return torch.zeros_like(pre).scatter(-1, idx, best.values)
-        thr = torch.zeros_like(self.d(self.b_enc)) if self.threshold is None else self.d(self.threshold)
-        return pre.relu() * (pre > thr)
+        """z [n, d_sae] by the dense formula (the contract's tie rule)."""
+        return reference.dense(self.u(x), self.d(self.W_enc), self.d(self.b_enc), None, self.activation, self.k,
+                               self.d(self.threshold))
 
     def decode_dense(self, z: Tensor, x: Optional[Tensor] = None) -> Tensor:
         """z @ W_dec + b_dec, mapped back to x's space when the SAE normalizes its input."""
-        out = z.to(torch.float64) @ self.d(self.W_dec) + self.d(self.b_dec)
+        out = reference.decode_dense(z.to(torch.float64), self.d(self.W_dec), self.d(self.b_dec))
         if self.normalize != "none":
             _, shift, scale = self.norm_stats(x)
             out = out * scale + shift
         return out
 
     def steer(self, x: Tensor, clamp: Dict[int, float], mode: str, keep_error: bool, where: str) -> Tensor:
-        z = self.dense(x)
-        z2 = z.clone()
-        for f, c in clamp.items():
-            zf = z[:, f]
-            new = {"set": torch.full_like(zf, c), "scale": c * zf, "add": zf + c}[mode]
-            if where == "active":
-                new = torch.where(zf > 0, new, zf)
-            z2[:, f] = new
+        xn, shift, scale = self.norm_stats(x)
+        features = torch.tensor(list(clamp), dtype=torch.int64)
+        targets = torch.tensor(list(clamp.values()), dtype=torch.float64)
+        y, _ = reference.steer(xn, self.dense(x), self.d(self.W_dec), self.d(self.b_dec), features, targets, mode,
+                               where == "active", keep_error)
         if keep_error:
-            scale = self.norm_stats(x)[2]
-            return x.detach().to(torch.float64) + ((z2 - z) @ self.d(self.W_dec)) * scale
-        return self.decode_dense(z2, x)
+            return x.detach().to(torch.float64) + (y - xn) * scale
+        return y * scale + shift if self.normalize != "none" else y
 
 
 def topk_indices(pre: Tensor, k: int) -> Tensor:
     """The k largest per row, ties to the lower index, NaN first (torch's NaN-is-largest rule)."""
-    order = torch.sort(pre, dim=-1, descending=True, stable=True).indices
-    return order[..., :k]
+    return reference.ranked(pre)[..., :k]
 
 
 def sorted_codes(z_at: Tensor, idx: Tensor):
     """Sort (value, index) pairs by value descending, ties to the lower index."""
-    by_index = torch.sort(idx, dim=-1).indices
-    idx = idx.gather(-1, by_index)
-    z_at = z_at.gather(-1, by_index)
-    order = torch.sort(z_at, dim=-1, descending=True, stable=True).indices
-    return z_at.gather(-1, order), idx.gather(-1, order)
+    return reference.listed(z_at, idx)

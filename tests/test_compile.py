@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import sae_native as sn
+import sae_native as sn  # noqa: F401  (registers the ops)
 from helpers import make_pair, randn
 
 

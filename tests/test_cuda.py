@@ -1,5 +1,5 @@
 """The CUDA kernels against the float64 reference (tests/reference.py) and the CUDA reference
-kernels (cuda/reference.cu): odd sizes, every weight dtype, ties, NaN inputs, empty batches, bad
+kernels (cuda/reference.cu, in the test-only module): odd sizes, every weight dtype, ties, NaN inputs, empty batches, bad
 indices, steering, autograd; on a GPU also poisoned memory, streams, CUDA graphs, compile, hooks.
 
 Every test taking ``dev`` runs twice:
@@ -50,10 +50,12 @@ def dev(request):
 
 @pytest.fixture
 def raw(dev, request):
-    """(kernel module, stream) for calling the kernels directly."""
+    """(test-kernel module, stream) for calling the reference kernels directly: on a GPU
+    sae_native._cuda_test (built with -DSAE_NATIVE_CUDA_TEST_KERNELS=ON), on the emulator its module."""
     if dev == "cuda":
-        from sae_native import _cuda
-        return _cuda, torch.cuda.current_stream().cuda_stream
+        _cuda_test = pytest.importorskip("sae_native._cuda_test",
+                                         reason="built without -DSAE_NATIVE_CUDA_TEST_KERNELS=ON")
+        return _cuda_test, torch.cuda.current_stream().cuda_stream
     return request.getfixturevalue("emulator"), 0
 
 

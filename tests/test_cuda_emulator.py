@@ -171,7 +171,10 @@ def test_the_plan_follows_the_devices_shared_memory(emulator, wdtype):
         emulator.set_smem_ceiling(64 * 1024)
         lib_cap = 256
         with pytest.raises(RuntimeError, match="encode_topk"):
-            emulator.encode_topk(2, 20, 64, 2000, 0, 0, 0, 200, lib_cap, 2048, 1, 0, False, 0)
+            u = emulator.Mat(data=0, dtype=2, rows=20, cols=64, row_stride=64, col_stride=1)
+            w = emulator.Mat(data=0, dtype=2, rows=64, cols=2000, row_stride=2000, col_stride=1)
+            emulator.encode_topk(u=u, w=w, b_enc=0, k=200, cap=lib_cap, chunk_latents=2048, chunks=1, vec=False,
+                                 cand=0, stream=0)
         emulator.set_smem_ceiling(227 * 1024)
         emulator.set_device(132, 228 * 1024)
         with emulated_cuda(emulator):   # the failed call's error does not leak into the next launch
@@ -227,16 +230,16 @@ def test_index_readback_only_for_codes_from_outside(emulator, monkeypatch):
     """The count of out-of-range indices is read back (on a GPU: a synchronisation) for codes a
     user hands in, and not for the package's own: forward, steering from fresh codes, training's
     backward. Bad indices from outside still raise."""
-    from sae_native.backends import cuda_launch
+    from sae_native.backends.cuda import launch
     reads = []
-    real = cuda_launch._IndexReport.raise_if_any
+    real = launch._Report.raise_if_any
 
     def spy(self, op, rows, *what):
         if self.t is not None:
             reads.append(op)
         return real(self, op, rows, *what)
 
-    monkeypatch.setattr(cuda_launch._IndexReport, "raise_if_any", spy)
+    monkeypatch.setattr(launch._Report, "raise_if_any", spy)
     with emulated_cuda(emulator):
         sae, _ = dev_sae("cpu", 16, 300, "topk", 8)
         x = randn(5, 16)

@@ -1,7 +1,9 @@
 """The CUDA backend's host side, on any machine where the module was built (nvcc present): the
-candidate-key encoding the kernels sort by, the torch pieces (key sort fallback, dense encodes),
-the launch planning, the launchers' own argument guards, and the op registration. The kernels
-themselves run in tests/test_cuda.py, on a GPU."""
+candidate-key encoding the kernels sort by (its host copy is in the test-kernel module, or the
+emulator's), the key sort fallback in torch, the launch planning, the launchers' own argument
+guards, and the op registration. The kernels themselves run in tests/test_cuda.py (GPU and
+emulator); the torch encodes the backend falls back to are the default kernels
+(tests/test_backends.py)."""
 import math
 import random
 import struct
@@ -10,11 +12,22 @@ import pytest
 import torch
 
 import sae_native as sn
-from helpers import check_groupmax_codes, check_threshold_codes, check_topk_codes, make_pair, randn
-
 _cuda = pytest.importorskip("sae_native._cuda", reason="built without nvcc: no CUDA module")
 
-from sae_native.backends import cuda_dense, cuda_keys, cuda_plan  # noqa: E402
+from sae_native.backends import registry  # noqa: E402
+from sae_native.backends.cuda import candidate_keys as cuda_keys  # noqa: E402
+from sae_native.backends.cuda import plan as cuda_plan  # noqa: E402
+
+
+@pytest.fixture
+def keys(request):
+    """A module with the host copies of the kernels' key functions: sae_native._cuda_test where it
+    was built, else the CPU emulator's module (the same cuda/test_bindings.cpp)."""
+    try:
+        from sae_native import _cuda_test
+        return _cuda_test
+    except ImportError:
+        return request.getfixturevalue("emulator")
 
 def f32(v: float) -> float:
     return struct.unpack("f", struct.pack("f", v))[0]
@@ -51,12 +64,15 @@ def test_module_constants_match_the_planner():
 
 
 def test_cuda_kernels_are_registered_for_every_op():
-    for op in ("encode_topk", "encode_groupmax", "encode_threshold", "decode", "steer_threshold", "steer_codes",
-               "sparse_dot", "sparse_outer"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sae_native::{op}", "CUDA"), op
+    assert set(registry.kernels_for("cuda")) == set(registry.OPS)
 
 
-def test_candidate_keys_order_like_codes_and_round_trip():
+def test_reference_kernels_are_not_in_the_production_module():
+    assert not any(name.startswith("ref_") or name.startswith("candidate_") for name in dir(_cuda))
+
+
+def test_candidate_keys_order_like_codes_and_round_trip(keys):
+    _cuda = keys
     rng = random.Random(0)
     values = SPECIALS + [f32(rng.uniform(-10, 10)) for _ in range(200)]
     entries = [(v, rng.randrange(0, 2 ** 31)) for v in values] + [(2.5, 0), (2.5, 2 ** 31 - 1), (math.nan, 5)]
@@ -70,7 +86,8 @@ def test_candidate_keys_order_like_codes_and_round_trip():
         assert (math.isnan(back) and math.isnan(v)) or back == v
 
 
-def test_key_sort_fallback_matches_the_expected_order():
+def test_key_sort_fallback_matches_the_expected_order(keys):
+    _cuda = keys
     rng = random.Random(1)
     n, m, width = 6, 40, 40
     rows, valid = [], []
@@ -151,77 +168,36 @@ def test_fused_topk_fits_an_a100s_shared_memory():
         _cuda.topk_smem_bytes(2, 100)
 
 
+def _mat(dtype, rows, cols):
+    return _cuda.Mat(data=0, dtype=dtype, rows=rows, cols=cols, row_stride=cols, col_stride=1)
+
+
 def test_launchers_reject_bad_arguments_before_touching_the_gpu():
+    def topk(u_dtype=0, w_dtype=0, n=1, k=8, cap=64, chunk_latents=256):
+        _cuda.encode_topk(u=_mat(u_dtype, n, 8), w=_mat(w_dtype, 8, 256), b_enc=0, k=k, cap=cap,
+                          chunk_latents=chunk_latents, chunks=1, vec=False, cand=0, stream=0)
+
     with pytest.raises(ValueError, match="power of two"):
-        _cuda.sort_rows(1, 0, 3, 3, 0, 3, 1, True, 0, 0, 0)
+        _cuda.sort_rows(n=1, keys=0, row_stride=3, m=3, counts=0, size=3, width=1, relu=True, values=0, indices=0,
+                        stream=0)
     with pytest.raises(ValueError, match="cap - 32"):
-        _cuda.encode_topk(0, 1, 8, 256, 0, 0, 0, 40, 64, 256, 1, 0, False, 0)
+        topk(k=40)
     with pytest.raises(ValueError, match="chunking"):
-        _cuda.encode_topk(0, 1, 8, 256, 0, 0, 0, 8, 64, 100, 1, 0, False, 0)
+        topk(chunk_latents=100)
     with pytest.raises(ValueError, match="weights must be"):
-        _cuda.encode_topk(1, 1, 8, 256, 0, 0, 0, 8, 64, 256, 1, 0, False, 0)
+        topk(u_dtype=1, w_dtype=1)
+    with pytest.raises(ValueError, match="of the same dtype"):
+        topk(u_dtype=0, w_dtype=2)
     with pytest.raises(ValueError, match="unsupported dtype pair"):
-        _cuda.decode(1, 0, 1, 1, 0, 0, 0, 4, 4, 4, 1, 0, 0, 0, 0)
+        _cuda.decode(values=_mat(1, 1, 1), indices=_mat(-1, 1, 1), w=_mat(0, 4, 4), bias=0, out=0, report=0, stream=0)
     # Empty work launches nothing.
-    _cuda.encode_topk(0, 0, 8, 256, 0, 0, 0, 8, 64, 256, 1, 0, False, 0)
-    _cuda.decode(0, 0, 0, 3, 0, 0, 0, 4, 4, 4, 1, 0, 0, 0, 0)
-
-
-# ---- the torch encodes the CUDA backend falls back to, checked on the CPU --------------------
-
-def _u(sae, x):
-    return x - sae.b_dec
-
-
-@pytest.mark.parametrize("d_sae, k", [(13, 13), (300, 7), (600, 250)])
-def test_dense_topk_matches_reference(d_sae, k):
-    sae, ref = make_pair(17, d_sae, "topk", k, seed=d_sae)
-    x = randn(37, 17, seed=k)
-    values, indices = cuda_dense.encode_topk(_u(sae, x), sae.W_enc, sae.b_enc, k)
-    check_topk_codes(sn.SparseCodes(values, indices, d_sae), ref, x)
-
-
-def test_dense_topk_ties_and_nan_follow_the_contract():
-    W = torch.zeros(2, 6)
-    values, indices = cuda_dense.encode_topk(torch.tensor([[1.0, 1.0], [math.nan, 0.0]]), W,
-                                             torch.tensor([0.0, 1.0, 1.0, -1.0, 1.0, 0.0]), 3)
-    assert indices[0].tolist() == [1, 2, 4] and values[0].tolist() == [1.0, 1.0, 1.0]
-    assert indices[1].tolist() == [0, 1, 2] and all(math.isnan(v) for v in values[1].tolist())
-
-
-@pytest.mark.parametrize("activation", ["jumprelu", "relu"])
-def test_dense_threshold_matches_reference(activation):
-    sae, ref = make_pair(19, 257, activation, seed=4)
-    x = randn(41, 19, seed=2)
-    values, indices, counts = cuda_dense.encode_threshold(_u(sae, x), sae.W_enc, sae.b_enc, sae.threshold)
-    check_threshold_codes(sn.SparseCodes(values, indices, 257, counts), ref, x)
-    empty = cuda_dense.encode_threshold(_u(sae, x[:0]), sae.W_enc, sae.b_enc, sae.threshold)
-    assert empty[0].shape == (0, 0) and empty[2].shape == (0,)
-
-
-def test_dense_groupmax_matches_reference():
-    sae, ref = make_pair(23, 120, "groupmax", 8, seed=3)
-    x = randn(29, 23, seed=5)
-    values, indices = cuda_dense.encode_groupmax(_u(sae, x), sae.W_enc, sae.b_enc, 8)
-    check_groupmax_codes(sn.SparseCodes(values, indices, 120), ref, x)
-
-
-def test_dense_paths_bound_their_memory(monkeypatch):
-    # Row blocks: the pre-activations of at most _BUDGET elements exist at once; results agree.
-    sae, ref = make_pair(9, 100, "topk", 5, seed=8)
-    x = randn(50, 9, seed=1)
-    whole = cuda_dense.encode_topk(_u(sae, x), sae.W_enc, sae.b_enc, 5)
-    monkeypatch.setattr(cuda_dense, "_BUDGET", 300)        # 3 rows at a time
-    monkeypatch.setattr(cuda_dense, "_LATENT_BLOCK", 7)     # and W_enc widened 7 columns at a time
-    blocked = cuda_dense.encode_topk(_u(sae, x), sae.W_enc, sae.b_enc, 5)
-    assert torch.equal(whole[1], blocked[1]) and torch.allclose(whole[0], blocked[0])
-    sae_t, ref_t = make_pair(9, 100, "relu", seed=8)
-    v, i, c = cuda_dense.encode_threshold(_u(sae_t, x), sae_t.W_enc, sae_t.b_enc, None)
-    check_threshold_codes(sn.SparseCodes(v, i, 100, c), ref_t, x)
+    topk(n=0)
+    _cuda.decode(values=_mat(0, 0, 3), indices=_mat(-1, 0, 3), w=_mat(0, 4, 4), bias=0, out=0, report=0, stream=0)
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 64, 128, 256, 1024, 8192])
-def test_bitonic_network_sorts_descending(n):
+def test_bitonic_network_sorts_descending(n, keys):
+    _cuda = keys
     rng = random.Random(n)
     for trial in range(3):
         keys = [rng.randrange(0, 2 ** 64) for _ in range(n)]

@@ -4,7 +4,6 @@ import torch
 
 import sae_native as sn
 from helpers import SIZES_D_IN, SIZES_D_SAE, make_pair, make_weights, randn
-from reference import RefSAE
 
 
 def _codes(n, k, d_sae, seed=0, dtype=torch.float32):

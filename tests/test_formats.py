@@ -1,5 +1,4 @@
 """Every supported format, loaded from its documented layout, against the source's own forward."""
-import json
 import os
 import pathlib
 

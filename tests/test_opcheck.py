@@ -4,7 +4,7 @@ import torch
 
 import sae_native as sn  # noqa: F401  (registers the ops)
 from helpers import make_weights, randn
-from sae_native.backends import PackedEncoder
+from sae_native._packing import PackedEncoder
 
 ops = torch.ops.sae_native
 

@@ -12,7 +12,7 @@ from . import functional
 from ._runtime import _init_isa, _init_threads, build_info, get_num_threads, set_num_threads
 from .codes import SparseCodes
 from .features import FeatureMatch, find_features
-from .formats import load
+from .loading import load
 from .hooks import attach, record, splice, steer
 from .sae import SAE
 from .stats import FeatureStats, feature_stats

@@ -1,17 +1,63 @@
-"""Turning a user's clamp specification into the (features, targets) tensors the ops take."""
+"""Turning a user's clamp specification into the (features, targets) tensors the steering ops take,
+and knowing when they need no check at run time.
+
+The clamp arithmetic itself is csrc/clamp.h (kernels) and ``reference.clamp_terms`` (torch).
+"""
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils.weak import WeakIdKeyDictionary
 
-from ._steer_math import MODES
-from ._weights import can_read_values, tensor_version
+from ._tensors import can_read_values, tensor_version
+from .reference import MODES
 
 WHERE = ("always", "active")
+
+
+class ParsedClamp:
+    """A validated clamp: int64 features [C] (distinct, in range) and their targets [C].
+
+    Made by ``SAE.parse_clamp`` (or ``parse_clamp``), it records what it was checked against: the
+    features tensor's version counter and d_sae. Steering with it again skips the checks, which on
+    a GPU would read the features back (a synchronisation per call, per generated token in a hook).
+    Made by hand, or changed in place afterwards, it is checked like any clamp. Edits torch's
+    version counter does not see (through ``.data``, ``.numpy()``, or in inference mode) are not
+    checked in Python; the kernels still never read a feature outside [0, d_sae): they skip it and
+    report it (the CPU backend raises on the report; a GPU skips it without a synchronisation).
+    Unpacks as ``features, targets = parsed``.
+    """
+
+    __slots__ = ("features", "targets", "_verified")
+
+    def __init__(self, features: Tensor, targets: Tensor):
+        self.features = features
+        self.targets = targets
+        self._verified: Optional[Tuple[int, int]] = None   # (features' version, d_sae) when checked
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.features, self.targets))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> Tensor:
+        return (self.features, self.targets)[i]
+
+    def __repr__(self) -> str:
+        return f"ParsedClamp(features={self.features!r}, targets={self.targets!r})"
+
+    def verified_for(self, d_sae: int) -> bool:
+        """True if checked against this d_sae and not changed in place since (as torch can tell)."""
+        return self._verified == (tensor_version(self.features), d_sae)
+
+    def to(self, device, dtype) -> "ParsedClamp":
+        moved = ParsedClamp(self.features.to(device), self.targets.to(device=device, dtype=dtype))
+        if self._verified is not None and self._verified[0] == tensor_version(self.features):
+            moved._verified = (tensor_version(moved.features), self._verified[1])   # (a copy: a fresh counter)
+        return moved
 
 
 def _feature_id(f, d_sae: int) -> int:
@@ -25,32 +71,6 @@ def _feature_id(f, d_sae: int) -> int:
     if not 0 <= f < d_sae:
         raise ValueError(f"clamp: feature {f} is out of range [0, d_sae={d_sae})")
     return f
-
-
-# Feature tensors whose range parse_clamp has checked, with the tensor's version then and the
-# d_sae it was checked against. The ops' own range check reads the features back (on a GPU, a
-# synchronisation per steering call); for these it is skipped. A version bump (an in-place edit)
-# or another d_sae means checking again.
-_CHECKED = WeakIdKeyDictionary()
-
-
-def _mark_checked(features: Tensor, d_sae: int) -> None:
-    _CHECKED[features] = (tensor_version(features), d_sae)
-
-
-def features_checked(features: Tensor, d_sae: int) -> bool:
-    """True if parse_clamp checked exactly this tensor, unchanged since, against this d_sae."""
-    return _CHECKED.get(features) == (tensor_version(features), d_sae)
-
-
-class ParsedClamp(NamedTuple):
-    """A validated clamp: int64 features [C] (distinct, in range) and their targets [C]. Passing
-    one to SAE.steer skips re-validation (the hooks parse once, then steer every forward)."""
-    features: Tensor
-    targets: Tensor
-
-    def to(self, device, dtype) -> "ParsedClamp":
-        return ParsedClamp(self.features.to(device), self.targets.to(device=device, dtype=dtype))
 
 
 def _target(v, f: int, feature_max: Optional[Tensor] = None) -> float:
@@ -87,17 +107,19 @@ def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device, feature_max: Opti
     """``clamp`` is ``{feature: value}`` or a tuple ``(features, values)`` of tensors or sequences,
     or an already ParsedClamp. A list is refused: ``[(1, 5), (2, 7)]`` could be two (feature, value)
     pairs or features [1, 5] with values [2, 7]; so is a tuple that reads both ways (two integer
-    2-sequences, like ``((1, 5), (2, 7))``): give tensors, or a dict. A dict value may be ``("max", s)``: s times the feature's recorded
-    maximum (``feature_max``, from sn.feature_stats).
+    2-sequences, like ``((1, 5), (2, 7))``): give tensors, or a dict. A dict value may be
+    ``("max", s)``: s times the feature's recorded maximum (``feature_max``, from sn.feature_stats).
 
     Returns int64 ``features [C]`` and ``targets [C]`` of ``dtype``. Features must be distinct
-    and in ``[0, d_sae)``; values finite. Tensor values keep their autograd history.
+    and in ``[0, d_sae)``; values finite. Tensor values keep their autograd history. The result is
+    verified (``verified_for(d_sae)``) unless its values could not be read (under torch.compile, on
+    meta tensors): then the ops check them at run time.
     """
     if isinstance(clamp, ParsedClamp):
         parsed = clamp.to(device, dtype)
-        if not features_checked(parsed.features, d_sae):   # made by hand, or changed in place
-            parse_clamp((parsed.features, parsed.targets), d_sae, dtype, device)
-        return parsed
+        if parsed.verified_for(d_sae):
+            return parsed
+        return parse_clamp((parsed.features, parsed.targets), d_sae, dtype, device)   # by hand, or changed
     if isinstance(clamp, dict):
         feats = [_feature_id(f, d_sae) for f in clamp]
         vals = [_target(v, f, feature_max) for f, v in zip(feats, clamp.values())]
@@ -132,11 +154,12 @@ def parse_clamp(clamp, d_sae: int, dtype: torch.dtype, device, feature_max: Opti
     else:
         raise TypeError("clamp: expected a dict {feature: value} or a pair (features, values), "
                         f"got {type(clamp).__name__}")
-    if can_read_values(features) and features.numel() != torch.unique(features).numel():
-        raise ValueError(f"clamp: features must be distinct, got {features.tolist()}")
+    parsed = ParsedClamp(features, targets)
     if can_read_values(features):
-        _mark_checked(features, d_sae)
-    return ParsedClamp(features, targets)
+        if features.numel() != torch.unique(features).numel():
+            raise ValueError(f"clamp: features must be distinct, got {features.tolist()}")
+        parsed._verified = (tensor_version(features), d_sae)
+    return parsed
 
 
 def check_mode(mode, where) -> bool:

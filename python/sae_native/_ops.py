@@ -2,11 +2,19 @@
 
 Each op has a schema (from the signature), a fake implementation (shapes only, so
 ``torch.compile`` and meta tensors work) and, where it is differentiable, its autograd formula.
-Kernels are registered per device by ``sae_native.backends`` (``backends/cpu.py`` for the CPU);
-a device without a backend gets a clear error from the default implementation below.
+Its body is the same for every device: the op's contract check (``backends/contract.py``), then
+the kernel ``backends/registry.py`` has for the inputs' device type (the CPU's, CUDA's, or the
+pure-torch default on any other device).
+
+``check``: the ops that read codes or clamps by index take it. True checks the values too (index
+and feature ranges, distinct features, finite targets), which on a GPU reads them back, a
+synchronisation; the public API passes True for what a user hands in and False for what the
+package made itself (an encode's codes, a clamp it parsed, a backward pass). Either way a kernel
+never reads an index or feature out of range: it skips it (and the CPU raises, reading its count
+being free). The argument is part of the call, so eager and compiled code behave the same.
 
 Conventions shared by all ops (the public API in ``functional.py`` establishes them):
-activations ``x`` are 2-D ``[n, d_in]`` float32 (float64 for the float64 path) and contiguous;
+activations ``x`` are 2-D ``[n, d_in]`` float32 (float64 for the float64 path);
 weights are in SAELens orientation (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``) with any
 strides, float32 / bfloat16 / float16 (or float64); biases and thresholds may be any float dtype
 and are read in the activations' dtype. Codes are ``values [n, k]`` and int64 ``indices [n, k]``;
@@ -19,28 +27,35 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _steer_math
-from ._known_valid import known_valid_fn
+from . import reference
+from .backends import contract, registry
 
-__all__ = [
-    "encode_topk",
-    "encode_groupmax",
-    "encode_threshold",
-    "decode",
-    "steer_threshold",
-    "steer_codes",
-    "sparse_dot",
-    "sparse_outer",
-]
+__all__ = ["pack_encoder", "encode_topk", "encode_groupmax", "encode_threshold", "decode", "steer_threshold",
+           "steer_codes", "sparse_dot", "sparse_outer"]
 
 
-def _no_backend(op: str, *tensors: Optional[Tensor]):
-    devices = sorted({str(t.device.type) for t in tensors if t is not None})
-    hint = ""
-    if "cuda" in devices:
-        hint = (" This build of sae_native has no CUDA kernels (sae_native.build_info()"
-                "['cuda_compiled'] is False); move the inputs to the CPU or install a CUDA build.")
-    return NotImplementedError(f"sae_native::{op} has no kernel for device {', '.join(devices)}.{hint}")
+def _run(op: str, *args):
+    """The contract check, then the device's kernel."""
+    checked = contract.CHECKS[op](*args)
+    return registry.kernel(op, contract.device_of(checked).type)(checked)
+
+
+# --------------------------------------------------------------------------------------------
+# packing
+
+
+@torch.library.custom_op("sae_native::pack_encoder", mutates_args=())
+def pack_encoder(W_enc: Tensor) -> Tensor:
+    """W_enc laid out as its device's encode kernel streams it, made once per SAE and passed to the
+    encode ops as ``packed``: on the CPU panels of latents; on CUDA a row-major copy of a strided
+    W_enc, or an empty tensor when W_enc is row-major already (the kernels then read W_enc itself:
+    an op's output may not alias its input, and a copy would double W_enc's memory)."""
+    return _run("pack_encoder", W_enc)
+
+
+@pack_encoder.register_fake
+def _(W_enc):
+    return W_enc.new_empty(torch.library.get_ctx().new_dynamic_size())
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,9 +68,8 @@ def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor]
     """TopK encode: relu of the k largest pre-activations of ``(x - b_dec) @ W_enc + b_enc`` per
     row, sorted by value descending (ties to the lower latent index). Returns (values, indices).
 
-    ``packed`` is W_enc already in the layout the device's kernel streams
-    (``backends.PackedEncoder``), or None to lay it out for this call."""
-    raise _no_backend("encode_topk", x, W_enc)
+    ``packed`` is ``pack_encoder(W_enc)``, or None to lay W_enc out for this call."""
+    return _run("encode_topk", x, W_enc, b_enc, b_dec, k, packed)
 
 
 @encode_topk.register_fake
@@ -69,7 +83,7 @@ def encode_groupmax(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Ten
     """GroupMax encode (sparsify): the d_sae latents form k contiguous groups; each row keeps the
     largest relu(pre) of every group (ties to the lower index). Returns (values, indices) [n, k],
     sorted by value descending. ``packed`` as for encode_topk."""
-    raise _no_backend("encode_groupmax", x, W_enc)
+    return _run("encode_groupmax", x, W_enc, b_enc, b_dec, k, packed)
 
 
 @encode_groupmax.register_fake
@@ -87,7 +101,7 @@ def encode_threshold(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Te
     ``packed`` as for encode_topk. With ``compact_nonfinite`` a row whose active latents include a
     non-finite value keeps only the lowest such latent (one NaN token cannot widen every row's
     codes to d_sae); without it every active latent is kept, as the dense formula has it."""
-    raise _no_backend("encode_threshold", x, W_enc)
+    return _run("encode_threshold", x, W_enc, b_enc, b_dec, threshold, packed, compact_nonfinite)
 
 
 @encode_threshold.register_fake
@@ -106,9 +120,9 @@ def _encode_setup(ctx, inputs, output):
     ctx.b_enc_meta = (inputs[2].shape, inputs[2].dtype)
 
 
-@known_valid_fn
 def _encode_backward(ctx, g_values, *_unused):
     # values = relu(pre) at the selected latents; the selection itself is piecewise constant.
+    # The indices are the forward's own: no check (check=False).
     x, W_enc, b_dec, values, indices = ctx.saved_tensors
     need = ctx.needs_input_grad
     g_pre = g_values * (values > 0).to(g_values.dtype)
@@ -117,13 +131,13 @@ def _encode_backward(ctx, g_values, *_unused):
         # sum_j g_pre[r, j] * W_enc[:, idx[r, j]]: a decode against the rows of W_enc transposed,
         # made contiguous once (gathering strided columns would miss the cache on every element).
         rows = W_enc.t()
-        g_u = decode(g_pre, indices, rows if rows.stride(1) == 1 else rows.contiguous(), None)
+        g_u = decode(g_pre, indices, rows if rows.stride(1) == 1 else rows.contiguous(), None, False)
         g_x = g_u if need[0] else None
         g_b_dec = -g_u.sum(0).to(b_dec.dtype) if ctx.has_b_dec and need[3] else None
     if need[1]:
         # Accumulated as [d_sae, d_in] rows (contiguous writes), handed back as W_enc's transpose.
         u = x - b_dec.to(x.dtype) if ctx.has_b_dec else x
-        g_W_enc = sparse_outer(g_pre, indices, u, W_enc.shape[1], False).t().to(W_enc.dtype)
+        g_W_enc = sparse_outer(g_pre, indices, u, W_enc.shape[1], False, False).t().to(W_enc.dtype)
     if need[2]:
         shape, dtype = ctx.b_enc_meta
         g_b_enc = g_pre.new_zeros(shape).index_add_(0, indices.clamp_min(0).flatten(), g_pre.flatten())
@@ -141,49 +155,49 @@ encode_threshold.register_autograd(_encode_backward, setup_context=_encode_setup
 
 
 @torch.library.custom_op("sae_native::decode", mutates_args=())
-def decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tensor]) -> Tensor:
+def decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tensor], check: bool = True) -> Tensor:
     """Sparse decode: ``out[r] = b_dec + sum_j values[r, j] * W_dec[indices[r, j]]``; padding
-    (index -1) is skipped. ``W_dec`` is ``[d_sae, d_in]`` with any strides."""
-    raise _no_backend("decode", values, W_dec)
+    (index -1) is skipped. ``W_dec`` is ``[d_sae, d_in]`` with any strides. ``check``: see above."""
+    return _run("decode", values, indices, W_dec, b_dec, check)
 
 
 @decode.register_fake
-def _(values, indices, W_dec, b_dec):
+def _(values, indices, W_dec, b_dec, check=True):
     return values.new_empty(values.shape[0], W_dec.shape[1])
 
 
 def _decode_setup(ctx, inputs, output):
-    values, indices, W_dec, b_dec = inputs
+    values, indices, W_dec, b_dec = inputs[:4]
     ctx.save_for_backward(values, indices, W_dec)
     ctx.b_dec_dtype = None if b_dec is None else b_dec.dtype
 
 
-@known_valid_fn
 def _decode_backward(ctx, g):
-    values, indices, W_dec = ctx.saved_tensors
+    values, indices, W_dec = ctx.saved_tensors   # indices the forward already read: check=False
     need = ctx.needs_input_grad
-    g_values = sparse_dot(g, indices, W_dec) if need[0] else None
-    g_W_dec = sparse_outer(values, indices, g, W_dec.shape[0], False).to(W_dec.dtype) if need[2] else None
+    g_values = sparse_dot(g, indices, W_dec, False) if need[0] else None
+    g_W_dec = sparse_outer(values, indices, g, W_dec.shape[0], False, False).to(W_dec.dtype) if need[2] else None
     g_b_dec = g.sum(0).to(ctx.b_dec_dtype) if ctx.b_dec_dtype is not None and need[3] else None
-    return g_values, None, g_W_dec, g_b_dec
+    return (g_values, None, g_W_dec, g_b_dec) + (None,) * (len(ctx.needs_input_grad) - 4)
 
 
 decode.register_autograd(_decode_backward, setup_context=_decode_setup)
 
 
 # --------------------------------------------------------------------------------------------
-# steering (clamped reconstruction); the clamp arithmetic is in _steer_math.py
+# steering (clamped reconstruction); the clamp arithmetic is csrc/clamp.h and reference.clamp_terms
 
 
 @torch.library.custom_op("sae_native::steer_threshold", mutates_args=())
 def steer_threshold(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Optional[Tensor],
                     threshold: Optional[Tensor], features: Tensor, targets: Tensor, mode: str,
-                    only_active: bool) -> Tuple[Tensor, Tensor]:
+                    only_active: bool, check: bool = True) -> Tuple[Tensor, Tensor]:
     """Steering with the SAE error kept, for threshold SAEs (JumpReLU, or ReLU when threshold is
     None): ``y = x + sum_f delta_f W_dec[f]`` where ``z_f`` needs only column f of W_enc, so a row
     costs O(|C| * d_in). ``b_dec`` is the bias subtracted from x before encoding (None: none).
     Returns (y, z) with z ``[n, |C|]`` the features' unclamped activations."""
-    raise _no_backend("steer_threshold", x, W_enc)
+    return _run("steer_threshold", x, W_enc, b_enc, W_dec, b_dec, threshold, features, targets, mode, only_active,
+                check)
 
 
 def _steer_outputs(x: Tensor, features: Tensor):
@@ -191,12 +205,12 @@ def _steer_outputs(x: Tensor, features: Tensor):
 
 
 @steer_threshold.register_fake
-def _(x, W_enc, b_enc, W_dec, b_dec, threshold, features, targets, mode, only_active):
+def _(x, W_enc, b_enc, W_dec, b_dec, threshold, features, targets, mode, only_active, check=True):
     return _steer_outputs(x, features)
 
 
 def _steer_threshold_setup(ctx, inputs, output):
-    x, W_enc, b_enc, W_dec, b_dec, _thr, features, targets, mode, only_active = inputs
+    x, W_enc, b_enc, W_dec, b_dec, _thr, features, targets, mode, only_active = inputs[:10]
     ctx.save_for_backward(x, W_enc, W_dec, b_dec, features, targets, output[1])
     ctx.mode, ctx.only_active = mode, only_active
     ctx.b_enc_meta = (b_enc.shape, b_enc.dtype)
@@ -208,7 +222,7 @@ def _steer_threshold_backward(ctx, g_y, g_z):
     T = x.dtype
     W_e = W_enc[:, features].to(T)          # [d_in, C]
     W_d = W_dec[features].to(T)             # [C, d_in]
-    terms = _steer_math.clamp_terms(z, targets.to(T), ctx.mode, ctx.only_active)
+    terms = reference.clamp_terms(z, targets.to(T), ctx.mode, ctx.only_active)
     a = g_y @ W_d.t()                       # dL/d delta_f, [n, C]
     g_pre = (a * terms.d_dz + g_z) * (z > 0).to(T)
     g_u = g_pre @ W_e.t()
@@ -229,7 +243,7 @@ def _steer_threshold_backward(ctx, g_y, g_z):
         g_b_dec = -g_u.sum(0).to(b_dec.dtype)
     if need[7]:
         g_targets = (a * terms.d_dc).sum(0).to(targets.dtype)
-    return g_x, g_W_enc, g_b_enc, g_W_dec, g_b_dec, None, None, g_targets, None, None
+    return (g_x, g_W_enc, g_b_enc, g_W_dec, g_b_dec, None, None, g_targets) + (None,) * (len(need) - 8)
 
 
 steer_threshold.register_autograd(_steer_threshold_backward, setup_context=_steer_threshold_setup)
@@ -238,32 +252,32 @@ steer_threshold.register_autograd(_steer_threshold_backward, setup_context=_stee
 @torch.library.custom_op("sae_native::steer_codes", mutates_args=())
 def steer_codes(x: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tensor],
                 features: Tensor, targets: Tensor, mode: str, only_active: bool,
-                keep_error: bool) -> Tuple[Tensor, Tensor]:
+                keep_error: bool, check: bool = True) -> Tuple[Tensor, Tensor]:
     """Steering from codes (any SAE): ``z_f`` is the code's value for latent f (0 if absent).
     keep_error: ``y = x + sum_f delta_f W_dec[f]``; otherwise ``y = decode(codes) + sum_f delta_f
     W_dec[f]`` (b_dec added when given). Returns (y, z) with z ``[n, |C|]``."""
-    raise _no_backend("steer_codes", x, W_dec)
+    return _run("steer_codes", x, values, indices, W_dec, b_dec, features, targets, mode, only_active, keep_error,
+                check)
 
 
 @steer_codes.register_fake
-def _(x, values, indices, W_dec, b_dec, features, targets, mode, only_active, keep_error):
+def _(x, values, indices, W_dec, b_dec, features, targets, mode, only_active, keep_error, check=True):
     return _steer_outputs(x, features)
 
 
 def _steer_codes_setup(ctx, inputs, output):
-    x, values, indices, W_dec, b_dec, features, targets, mode, only_active, keep_error = inputs
+    x, values, indices, W_dec, b_dec, features, targets, mode, only_active, keep_error = inputs[:10]
     ctx.save_for_backward(values, indices, W_dec, features, targets, output[1])
     ctx.mode, ctx.only_active, ctx.keep_error = mode, only_active, keep_error
     ctx.b_dec_dtype = None if b_dec is None else b_dec.dtype
 
 
-@known_valid_fn
 def _steer_codes_backward(ctx, g_y, g_z):
     values, indices, W_dec, features, targets, z = ctx.saved_tensors
     need = ctx.needs_input_grad
     T = values.dtype
     W_d = W_dec[features].to(T)
-    terms = _steer_math.clamp_terms(z, targets.to(T), ctx.mode, ctx.only_active)
+    terms = reference.clamp_terms(z, targets.to(T), ctx.mode, ctx.only_active)
     a = g_y @ W_d.t()
     g_zf = a * terms.d_dz + g_z                                   # [n, C]
     g_x = g_values = g_W_dec = g_b_dec = g_targets = None
@@ -274,18 +288,18 @@ def _steer_codes_backward(ctx, g_y, g_z):
         match = (indices.unsqueeze(-1) == features).to(T)        # [n, k, C]
         g_values = (match * g_zf.unsqueeze(1)).sum(-1)
         if not ctx.keep_error:
-            g_values = g_values + sparse_dot(g_y, indices, W_dec)
+            g_values = g_values + sparse_dot(g_y, indices, W_dec, False)
     if need[3]:
         g_W_dec = torch.zeros(W_dec.shape, dtype=T, device=W_dec.device)
         if not ctx.keep_error:
-            g_W_dec += sparse_outer(values, indices, g_y, W_dec.shape[0], False)
+            g_W_dec += sparse_outer(values, indices, g_y, W_dec.shape[0], False, False)
         g_W_dec[features] += terms.delta.t() @ g_y
         g_W_dec = g_W_dec.to(W_dec.dtype)
     if need[4] and ctx.b_dec_dtype is not None and not ctx.keep_error:
         g_b_dec = g_y.sum(0).to(ctx.b_dec_dtype)
     if need[6]:
         g_targets = (a * terms.d_dc).sum(0).to(targets.dtype)
-    return g_x, g_values, None, g_W_dec, g_b_dec, None, g_targets, None, None, None
+    return (g_x, g_values, None, g_W_dec, g_b_dec, None, g_targets) + (None,) * (len(need) - 7)
 
 
 steer_codes.register_autograd(_steer_codes_backward, setup_context=_steer_codes_setup)
@@ -296,24 +310,25 @@ steer_codes.register_autograd(_steer_codes_backward, setup_context=_steer_codes_
 
 
 @torch.library.custom_op("sae_native::sparse_dot", mutates_args=())
-def sparse_dot(g: Tensor, indices: Tensor, W: Tensor) -> Tensor:
+def sparse_dot(g: Tensor, indices: Tensor, W: Tensor, check: bool = True) -> Tensor:
     """``out[r, j] = <g[r], W[indices[r, j]]>`` (0 for padding); W is ``[rows, d]``, any strides."""
-    raise _no_backend("sparse_dot", g, W)
+    return _run("sparse_dot", g, indices, W, check)
 
 
 @sparse_dot.register_fake
-def _(g, indices, W):
+def _(g, indices, W, check=True):
     return g.new_empty(indices.shape)
 
 
 @torch.library.custom_op("sae_native::sparse_outer", mutates_args=())
-def sparse_outer(values: Tensor, indices: Tensor, g: Tensor, rows: int, transposed: bool) -> Tensor:
+def sparse_outer(values: Tensor, indices: Tensor, g: Tensor, rows: int, transposed: bool,
+                 check: bool = True) -> Tensor:
     """``out[indices[r, j]] += values[r, j] * g[r]`` into zeros ``[rows, d]`` (``[d, rows]`` when
     transposed): the weight gradient of a sparse product."""
-    raise _no_backend("sparse_outer", values, g)
+    return _run("sparse_outer", values, indices, g, rows, transposed, check)
 
 
 @sparse_outer.register_fake
-def _(values, indices, g, rows, transposed):
+def _(values, indices, g, rows, transposed, check=True):
     d = g.shape[1]
     return g.new_empty((d, rows) if transposed else (rows, d))

@@ -7,26 +7,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends._dtypes import WEIGHT_DTYPES
+from ._dtypes import WEIGHT_DTYPES, compute_dtype
+from ._tensors import can_read_values
 
 ACTIVATIONS = ("topk", "jumprelu", "relu", "groupmax")
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
-
-
-def can_read_values(*tensors: Optional[Tensor]) -> bool:
-    """Whether checks that read tensor data may run: not while tracing for torch.compile, and not
-    on meta tensors (which have shapes only). Kernels never read out of bounds either way."""
-    if torch.compiler.is_compiling():
-        return False
-    return all(t is None or t.device.type != "meta" for t in tensors)
-
-
-def tensor_version(t: Tensor) -> int:
-    """t's version counter (bumped by every in-place change); -1 for inference tensors, which have none."""
-    try:
-        return t._version
-    except RuntimeError:
-        return -1
 
 
 def _tensor(name: str, t) -> Tensor:
@@ -72,7 +57,7 @@ class SAEWeights:
     @property
     def compute_dtype(self) -> torch.dtype:
         """float64 for float64 weights, else float32 (16-bit weights are widened in registers)."""
-        return torch.float64 if self.W_enc.dtype == torch.float64 else torch.float32
+        return compute_dtype(self.W_enc.dtype)
 
     @property
     def input_bias(self) -> Optional[Tensor]:

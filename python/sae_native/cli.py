@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -47,6 +47,7 @@ def _median_ms(fn, repeats: int) -> float:
 
 def _check(args) -> int:
     import sae_native as sn
+    from sae_native import reference
 
     n, d_in, d_sae, k = args.shape
     g = torch.Generator().manual_seed(args.seed)
@@ -62,19 +63,15 @@ def _check(args) -> int:
     f = int(torch.randint(d_sae, (1,), generator=g))
 
     def dense_topk():
-        pre = (x - b_dec) @ W_enc + b_enc
-        top = pre.topk(k, dim=-1)
-        return top.values.relu(), top.indices
+        return reference.dense(x, W_enc, b_enc, b_dec, "topk", k, exact_ties=False)
 
     def dense_jump():
-        pre = (x - b_dec) @ W_enc + b_jump
-        return pre.relu() * (pre > thr)
+        return reference.dense(x, W_enc, b_jump, b_dec, "jumprelu", threshold=thr)
 
     codes = topk.encode(x)
-    _, ref_idx = dense_topk()
-    same = (torch.sort(codes.indices, -1).values == torch.sort(ref_idx, -1).values).all(-1).float().mean().item()
+    same = ((codes.to_dense() != 0) == (dense_topk() != 0)).all(-1).float().mean().item()
     x_hat = topk.decode(codes)
-    ref_hat = torch.zeros(n, d_sae).scatter(-1, codes.indices, codes.values) @ W_dec + b_dec
+    ref_hat = reference.decode(codes.values, codes.indices, W_dec, b_dec)
     # Active sets may differ where a pre-activation sits within rounding of its threshold (torch's
     # GEMM sums in another order), so agreement is the fraction of equal active/inactive calls and
     # the value error is taken where both are active.
@@ -83,21 +80,22 @@ def _check(args) -> int:
     jagree = ((ours_z != 0) == (ref_z != 0)).float().mean().item()
     jerr = (ours_z - ref_z)[both].abs().max().item() if both.any() else 0.0
     y = jump.steer(x, {f: 10.0})
-    z_f = dense_jump()[:, f]
-    ref_y = x + (10.0 - z_f)[:, None] * W_dec[f]
+    ref_y = reference.steer(x, dense_jump(), W_dec, b_dec, torch.tensor([f]), torch.tensor([10.0]), "set", False,
+                            True)[0]
 
     rows = [
         ("encode topk", "rows with the dense top-k set", f"{same:.4f}",
          _median_ms(lambda: topk.encode(x), args.repeats), _median_ms(dense_topk, args.repeats)),
         ("decode", "max |x_hat - dense|", f"{(x_hat - ref_hat).abs().max().item():.2e}",
          _median_ms(lambda: topk.decode(codes), args.repeats),
-         _median_ms(lambda: torch.zeros(n, d_sae).scatter(-1, codes.indices, codes.values) @ W_dec + b_dec, args.repeats)),
+         _median_ms(lambda: reference.decode(codes.values, codes.indices, W_dec, b_dec), args.repeats)),
         ("encode jumprelu", "active/inactive calls as dense", f"{jagree:.6f}",
          _median_ms(lambda: jump.encode(x), args.repeats), _median_ms(dense_jump, args.repeats)),
         ("", "max |z - dense| where both active", f"{jerr:.2e}", None, None),
         ("steer jumprelu", "max |y - dense|", f"{(y - ref_y).abs().max().item():.2e}",
          _median_ms(lambda: jump.steer(x, {f: 10.0}), args.repeats),
-         _median_ms(lambda: x + (10.0 - dense_jump()[:, f])[:, None] * W_dec[f], args.repeats)),
+         _median_ms(lambda: reference.steer(x, dense_jump(), W_dec, b_dec, torch.tensor([f]), torch.tensor([10.0]),
+                                            "set", False, True), args.repeats)),
     ]
     info = sn.build_info()
     print(f"sae-native {info['version']}  cpu_isa={info['cpu_isa']}  threads={info['num_threads']}  "

@@ -17,8 +17,7 @@ import torch
 from torch import Tensor
 
 from . import _ops
-from ._clamp import check_mode, features_checked, parse_clamp
-from ._known_valid import call_known_valid
+from ._clamp import check_mode, parse_clamp
 from ._weights import SAEWeights
 from .codes import SparseCodes
 
@@ -53,7 +52,7 @@ def decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tenso
         b_dec = _as_tensor("b_dec", b_dec)
         if tuple(b_dec.shape) != (W_dec.shape[1],):
             raise ValueError(f"b_dec: expected shape [{W_dec.shape[1]}], got {list(b_dec.shape)}")
-    return _decode_codes(codes, W_dec, b_dec)
+    return _decode_codes(codes, W_dec, b_dec, check=True)
 
 
 def reconstruct(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, *, activation: str = "topk",
@@ -81,7 +80,7 @@ NAN_RULES = ("compact", "propagate", "raise")
 
 
 def encode_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None, nan: str = "compact") -> SparseCodes:
-    """Encode with validated weights; ``packed`` is a ``backends.PackedEncoder`` output or None."""
+    """Encode with validated weights; ``packed`` is ``pack_encoder(W_enc)`` (a PackedEncoder's) or None."""
     if nan not in NAN_RULES:
         raise ValueError(f"nan: expected one of {NAN_RULES}, got {nan!r}")
     x2, lead = _flat_input(w, x)
@@ -104,14 +103,16 @@ def encode_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None, nan: 
                        input_norm=stats)
 
 
-def decode_with(w: SAEWeights, codes) -> Tensor:
+def decode_with(w: SAEWeights, codes, check: bool = True) -> Tensor:
+    """``check``: the codes' indices are checked (a user's codes; on a GPU a synchronisation), or
+    not (the package's own codes, from an encode just made)."""
     if isinstance(codes, (tuple, list)) and len(codes) == 2:
         codes = SparseCodes(_as_tensor("values", codes[0]), _as_tensor("indices", codes[1]), w.d_sae)
     if not isinstance(codes, SparseCodes):
         raise TypeError(f"codes: expected SparseCodes or a pair (values, indices), got {type(codes).__name__}")
     if codes.d_sae != w.d_sae:
         raise ValueError(f"codes: expected codes of an SAE with d_sae={w.d_sae}, got d_sae={codes.d_sae}")
-    out = _decode_codes(codes, w.W_dec, w.b_dec)
+    out = _decode_codes(codes, w.W_dec, w.b_dec, check)
     if w.normalize == "none":
         return out
     if codes.input_norm is None:
@@ -123,7 +124,7 @@ def decode_with(w: SAEWeights, codes) -> Tensor:
 
 def reconstruct_with(w: SAEWeights, x: Tensor, packed: Optional[Tensor] = None) -> Tensor:
     codes = encode_with(w, x, packed)
-    return call_known_valid(decode_with, w, codes).to(x.dtype)   # the encode's own: no GPU read-back
+    return decode_with(w, codes, check=False).to(x.dtype)   # the encode's own codes: no check, no GPU read-back
 
 
 def steer_with(w: SAEWeights, x: Tensor, clamp, *, mode: str = "set", keep_error: bool = True,
@@ -132,21 +133,21 @@ def steer_with(w: SAEWeights, x: Tensor, clamp, *, mode: str = "set", keep_error
     if not isinstance(keep_error, bool):
         raise TypeError(f"keep_error: expected a bool, got {type(keep_error).__name__}")
     x2, lead = _flat_input(w, x)
-    features, targets = parse_clamp(clamp, w.d_sae, x2.dtype, x2.device, feature_max)
+    parsed = parse_clamp(clamp, w.d_sae, x2.dtype, x2.device, feature_max)
+    features, targets = parsed
+    # A clamp parse_clamp verified needs no check in the op (on a GPU, reading the features back
+    # would synchronise every call); the kernels skip an out-of-range feature either way.
+    check = not parsed.verified_for(w.d_sae)
     xn, shift, scale = _normalize_input(w, x2)
-    # Features parse_clamp checked need no read-back of the kernels' range report (a GPU sync);
-    # the kernels skip an out-of-range feature either way, never reading it.
-    known = not torch.compiler.is_compiling() and features_checked(features, w.d_sae)
-    run = call_known_valid if known else _call
     if w.activation in ("jumprelu", "relu") and keep_error:
         # z_f needs only column f of W_enc: O(|C| * d_in) per row, whatever d_sae is.
-        y, _ = run(_ops.steer_threshold, xn, w.W_enc, w.b_enc, w.W_dec, w.input_bias, w.threshold, features,
-                   targets, mode, only_active)
+        y, _ = _ops.steer_threshold(xn, w.W_enc, w.b_enc, w.W_dec, w.input_bias, w.threshold, features, targets,
+                                    mode, only_active, check)
     else:
         codes = encode_with(w, xn, packed) if scale is None else \
             encode_with(dataclasses.replace(w, normalize="none"), xn, packed)
-        y, _ = run(_ops.steer_codes, xn, codes.values, codes.indices, w.W_dec, w.b_dec, features, targets, mode,
-                   only_active, keep_error)
+        y, _ = _ops.steer_codes(xn, codes.values, codes.indices, w.W_dec, w.b_dec, features, targets, mode,
+                                only_active, keep_error, check)
     if scale is not None:
         # Back to the input's space: the change is scaled; without keep_error the shift comes back.
         y = x2 + (y - xn) * scale if keep_error else _denormalize(y, shift, scale)
@@ -188,10 +189,6 @@ def _denormalize(y: Tensor, shift: Optional[Tensor], scale: Tensor) -> Tensor:
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def _call(fn, *args):
-    return fn(*args)
-
-
 def _as_tensor(name: str, t) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -211,7 +208,7 @@ def _flat_input(w: SAEWeights, x) -> tuple:
     return x.reshape(-1, w.d_in).to(w.compute_dtype), lead
 
 
-def _decode_codes(codes: SparseCodes, W_dec: Tensor, b_dec: Optional[Tensor]) -> Tensor:
+def _decode_codes(codes: SparseCodes, W_dec: Tensor, b_dec: Optional[Tensor], check: bool) -> Tensor:
     d_sae, d_in = W_dec.shape
     values, indices = codes.values, codes.indices
     if values.device != W_dec.device:
@@ -219,8 +216,8 @@ def _decode_codes(codes: SparseCodes, W_dec: Tensor, b_dec: Optional[Tensor]) ->
     if not values.is_floating_point():
         raise TypeError(f"values: expected a floating-point tensor, got {values.dtype}")
     compute = torch.float64 if W_dec.dtype == torch.float64 else torch.float32
-    # Index range is checked by the kernel itself (see backends/cpu.py, _indices_ok).
+    # Index range: the kernels skip and count out-of-range indices (backends/contract.py).
     lead, width = values.shape[:-1], values.shape[-1]
     n = math.prod(lead)  # not reshape(-1, width): ambiguous when width is 0
-    out = _ops.decode(values.reshape(n, width).to(compute), indices.reshape(n, width), W_dec, b_dec)
+    out = _ops.decode(values.reshape(n, width).to(compute), indices.reshape(n, width), W_dec, b_dec, check)
     return out.reshape(*lead, d_in)

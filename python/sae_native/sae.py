@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from . import functional as F
 from ._weights import SAEWeights
-from .backends import PackedEncoder
+from ._packing import PackedEncoder
 from .codes import SparseCodes
 
 

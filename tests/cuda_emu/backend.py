@@ -1,69 +1,53 @@
-"""The CUDA backend on the CPU emulator: ``emulated_cuda(lib)`` registers the CUDA backend's
-kernels (``sae_native.backends.cuda.Kernels``: the same checks and launch sequences) as the CPU
-kernels of every op, running the emulator's build of cuda/*.cu on CPU tensors, and puts the real
-CPU kernels back on exit. Inside it the whole public API (SAE.encode, decode, steer, autograd,
-hooks) runs through the CUDA kernels.
+"""The CUDA backend on the CPU emulator: ``emulated_cuda(lib)`` registers the CUDA backend's kernels
+(``sae_native.backends.cuda.ops.Kernels``: the same launch sequences, behind the same op contract)
+as the CPU's kernels in the backend registry, running the emulator's build of cuda/*.cu on CPU
+tensors, and puts the previous CPU kernels back on exit. Inside it the whole public API
+(SAE.encode, decode, steer, autograd, hooks) runs through the CUDA kernels. No monkey-patching:
+the registry is how any backend is chosen.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 
-import sae_native.backends as backends
-from sae_native.backends import cpu, cuda, cuda_plan
-from sae_native.backends.cpu_packing import pack as _real_pack
-from sae_native.backends._checks import OpChecks
-from sae_native.backends.cuda_launch import Runtime
+from sae_native.backends import registry
+from sae_native.backends.cpu import ops as cpu_ops
+from sae_native.backends.cuda import ops as cuda_ops
+from sae_native.backends.cuda import plan as launch_plan
+from sae_native.backends.cuda.launch import Runtime
 
-_active: List[cuda.Kernels] = []   # the emulated kernels now registered for the CPU, innermost last
-
-
-def _register_cpu_kernels() -> None:
-    for name in cuda.OPS:
-        torch.library.register_kernel(f"sae_native::{name}", "cpu", getattr(cpu, "_" + name))
+_stack: List[Dict] = []   # the kernel tables registered for the CPU by enclosing blocks, innermost last
 
 
 @contextlib.contextmanager
-def emulated_cuda(lib, sm_count: Optional[int] = None) -> Iterator[cuda.Kernels]:
+def emulated_cuda(lib, sm_count: Optional[int] = None) -> Iterator[cuda_ops.Kernels]:
     """``sm_count`` overrides the emulated device's (lib.set_device sets the device for good)."""
-    def device(w_dtype_code: int) -> cuda_plan.Device:
-        d = cuda_plan.query_device(lib, w_dtype_code)   # not cached: tests change the emulated device
+    def device(w_dtype_code: int) -> launch_plan.Device:
+        d = launch_plan.query_device(lib, w_dtype_code)   # not cached: tests change the emulated device
         return d if sm_count is None else dataclasses.replace(d, sm_count=sm_count)
 
     def runtime(_device: torch.device) -> Runtime:
-        return Runtime(lib, 0, device, cuda.index_check_wanted(), poison=True)
+        return Runtime(lib, 0, device, readback=cuda_ops.readback_allowed(), poison=True)
 
-    kernels = cuda.Kernels(OpChecks("cpu", "CPU"), runtime, lambda device: contextlib.nullcontext())
-    pack = backends._pack_cpu
-    kernels.register("cpu")
-    backends._pack_cpu = lambda W: W.contiguous()   # the CUDA kernels read W_enc row-major
-    _active.append(kernels)
+    kernels = cuda_ops.Kernels(runtime)
+    table = kernels.table()
+    _stack.append(table)
     try:
-        yield kernels
+        with registry.registered("cpu", table):
+            yield kernels
     finally:
-        _active.pop()
-        backends._pack_cpu = pack
-        if _active:
-            _active[-1].register("cpu")
-        else:
-            _register_cpu_kernels()
+        _stack.pop()
 
 
 @contextlib.contextmanager
 def cpu_kernels() -> Iterator[None]:
     """The real CPU kernels for a while inside ``emulated_cuda`` (a reference computed on the CPU);
     a no-op outside it."""
-    if not _active:
+    if not _stack:
         yield
         return
-    pack = backends._pack_cpu
-    backends._pack_cpu = _real_pack
-    _register_cpu_kernels()
-    try:
+    with registry.registered("cpu", cpu_ops.KERNELS):
         yield
-    finally:
-        backends._pack_cpu = pack
-        _active[-1].register("cpu")

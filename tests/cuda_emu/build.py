@@ -30,6 +30,8 @@ ROOT = HERE.parents[1]
 CUDA_SRC = ROOT / "cuda"
 KERNEL_SOURCES = ["encode.cu", "sort_rows.cu", "sparse_rows.cu", "steer.cu", "reference.cu", "device.cu"]
 BINDINGS = "bindings.cpp"
+TEST_BINDINGS = "test_bindings.cpp"   # its functions join the emulated module (emu_module.cpp)
+SHARED = ROOT / "csrc"                # the headers both native modules share
 
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^<>;(){}]*>)?)\s*<<<(.*?)>>>", re.S)
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]+?)\s+(\w+)\[\];")
@@ -67,7 +69,8 @@ def rewrite_bindings(text: str) -> str:
 
 
 def _inputs() -> list[Path]:
-    files = [CUDA_SRC / n for n in KERNEL_SOURCES + [BINDINGS]]
+    files = [CUDA_SRC / n for n in KERNEL_SOURCES + [BINDINGS, TEST_BINDINGS]]
+    files += sorted(SHARED.glob("*.h"))
     files += sorted(CUDA_SRC.glob("*.h")) + sorted(CUDA_SRC.glob("*.cuh"))
     files += sorted(HERE.glob("*.cpp")) + sorted(HERE.glob("*.cu")) + sorted(HERE.glob("*.h"))
     files += sorted((HERE / "include").glob("*.h"))
@@ -114,9 +117,10 @@ def build(out_root: Optional[Path] = None, jobs: int = 2, sanitize: Optional[str
     for path in kernels:
         (src / (path.name + ".cpp")).write_text(rewrite_kernel_source(path.read_text()))
     (src / "bindings.cpp").write_text(rewrite_bindings((CUDA_SRC / BINDINGS).read_text()))
-    units = [src / (p.name + ".cpp") for p in kernels] + [src / "bindings.cpp"] + sorted(HERE.glob("*.cpp"))
+    units = [src / (p.name + ".cpp") for p in kernels] + [src / "bindings.cpp", CUDA_SRC / TEST_BINDINGS]
+    units += sorted(HERE.glob("*.cpp"))
     flags = ["g++", "-std=c++17", "-O2", "-fPIC", "-w", "-DSAE_CUDA_EMULATOR",
-             '-DSAE_NATIVE_CUDA_ARCHS="emulated"', f"-I{HERE / 'include'}", f"-I{CUDA_SRC}", f"-I{cuda_inc}",
+             '-DSAE_NATIVE_CUDA_ARCHS="emulated"', f"-I{HERE / 'include'}", f"-I{CUDA_SRC}", f"-I{SHARED}", f"-I{cuda_inc}",
              f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"] + extra
     objects = [out / (u.stem + ".o") for u in units]
     with ThreadPoolExecutor(max(1, jobs)) as pool:

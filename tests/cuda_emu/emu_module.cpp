@@ -9,9 +9,11 @@
 #include "emu_runtime.h"
 
 std::vector<int64_t> emu_selftest(const std::string& name, size_t smem_bytes, bool set_limit);  // selftest.cu
+void bind_test_kernels(pybind11::module_& m);  // cuda/test_bindings.cpp: the reference kernels join too
 
 void emu_register(pybind11::module_& m) {
   m.attr("EMULATED") = true;
+  bind_test_kernels(m);
   m.def("set_schedule_seed", &emu::set_schedule_seed,
         "Order in which the threads of a block resume after each sync point: 0 = thread order, "
         "else a permutation drawn from this seed.");

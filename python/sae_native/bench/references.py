@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import sae_native as sn
+from .. import reference
 from .workloads import Workload
 
 OPS = ("encode", "decode", "steer")
@@ -73,15 +74,10 @@ def _sync(device: torch.device) -> None:
 # ---- encode -----------------------------------------------------------------------------------
 
 def _dense_encode(c: Case) -> Callable[[], object]:
+    """The dense formula as a user writes it, in the weights' dtype (reference.dense)."""
     w, s = c.w, c.w.shape
-    x = c.xw
-    if s.activation == "topk":
-        return lambda: ((x - w.b_dec) @ w.W_enc + w.b_enc).relu().topk(s.k, dim=-1)
-
-    def jump():
-        pre = (x - w.b_dec) @ w.W_enc + w.b_enc
-        return pre.relu() * (pre > w.threshold)
-    return jump
+    return lambda: reference.dense(c.xw, w.W_enc, w.b_enc, w.b_dec, s.activation, s.k, w.threshold,
+                                   exact_ties=False)
 
 
 def _faiss(c: Case) -> Callable[[], object]:
@@ -150,13 +146,9 @@ def _embedding_bag(c: Case) -> Callable[[], object]:
 
 
 def _dense_decode(c: Case) -> Callable[[], object]:
-    w, d_sae = c.w, c.w.shape.d_sae
+    w = c.w
     idx, vals = c.unpadded_codes()
-
-    def run():
-        z = torch.zeros(idx.shape[0], d_sae, dtype=c.compute_dtype, device=idx.device).scatter_(-1, idx, vals)
-        return z @ w.W_dec + w.b_dec
-    return run
+    return lambda: reference.decode(vals, idx, w.W_dec, w.b_dec)
 
 
 def _saelens_decode(c: Case) -> Callable[[], object]:
@@ -166,21 +158,11 @@ def _saelens_decode(c: Case) -> Callable[[], object]:
 # ---- steer (one feature set to STEER_VALUE, SAE error kept) ------------------------------------
 
 def _dense_steer(c: Case) -> Callable[[], object]:
-    w, f = c.w, c.feature
+    w = c.w
     encode = _dense_encode(c)
-    d_sae = w.shape.d_sae
-    x = c.xw
-
-    def run():
-        out = encode()
-        if w.shape.activation == "topk":
-            z = torch.zeros(x.shape[0], d_sae, dtype=x.dtype, device=x.device).scatter_(-1, out.indices, out.values)
-        else:
-            z = out
-        error = x - (z @ w.W_dec + w.b_dec)
-        z[:, f] = STEER_VALUE
-        return z @ w.W_dec + w.b_dec + error
-    return run
+    features = torch.tensor([c.feature], device=c.xw.device)
+    targets = torch.tensor([STEER_VALUE], dtype=c.compute_dtype, device=c.xw.device)
+    return lambda: reference.steer(c.xw, encode(), w.W_dec, w.b_dec, features, targets, "set", False, True)
 
 
 def _saelens_steer(c: Case) -> Callable[[], object]:

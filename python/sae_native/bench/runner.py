@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from . import machine, measure
-from .references import OPS, Case, callables, work
+from .references import Case, callables, work
 from .workloads import Shape, make_workload
 
 OURS = "sae_native"

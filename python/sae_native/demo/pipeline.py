@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .. import features, hooks, stats
-from ..formats import load as load_sae
+from ..loading import load as load_sae
 from ..training import train
 from .concepts import CONCEPTS, OTHER_TOPICS, PROMPTS, TEMPLATES, Concept
 from .corpus import build_corpus, chat_prompt, generate

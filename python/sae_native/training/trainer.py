@@ -11,9 +11,6 @@ import torch
 from torch import Tensor
 
 from .. import _ops
-from .._known_valid import call_known_valid
-from .. import functional as F
-from .._weights import SAEWeights
 from ..stats import FeatureStats
 from .config import TrainConfig
 from .data import IterableBatches, TensorBatches
@@ -111,7 +108,7 @@ class Trainer:
             band = (theta - cfg.bandwidth / 2).detach()
             values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, band, None, True)
             z = JumpReLUCodes.apply(values, indices, theta, cfg.bandwidth)
-        x_hat = call_known_valid(_ops.decode, z, indices, W_dec, self.b_dec)   # the encode's own codes
+        x_hat = _ops.decode(z, indices, W_dec, self.b_dec, False)   # the encode's own codes: no check
         err = xs - x_hat
         recon = err.pow(2).sum(-1).mean() / self.d_in
         loss = recon
@@ -133,7 +130,7 @@ class Trainer:
             b_aux = torch.where(dead, self.b_enc, torch.full_like(self.b_enc, -math.inf))
             v_aux, i_aux = _ops.encode_topk(xs, W_enc, b_aux, self.b_dec, k_aux, None)
             e = err.detach()
-            e_hat = call_known_valid(_ops.decode, v_aux, i_aux, W_dec, None)
+            e_hat = _ops.decode(v_aux, i_aux, W_dec, None, False)
             denom = (e - e.mean(0)).pow(2).sum(-1).mean()
             if float(denom) > 0:
                 aux = (e - e_hat).pow(2).sum(-1).mean() / denom
