@@ -88,21 +88,45 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max()) / max(scale, 1e-30) if b.numel() else 0.0
 
 
-def _dense_pre(c: Case) -> torch.Tensor:
-    """fp32 pre-activations as the kernels compute them: on a GPU u = x - b_dec rounded to the
-    weights' dtype (the tensor cores' operand; the CPU kernels keep it fp32), exact products, fp32
-    sums (no TF32)."""
+def _rounds_u(c: Case, path: str) -> bool:
+    """Whether this encode multiplies u = x - b_dec rounded to the weights' 16-bit dtype: on a GPU
+    (tensor cores, either path), and on a CPU variant with bf16 dot products (either path)."""
+    w = c.w
+    if w.W_enc.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if w.x.device.type == "cuda":
+        return True
+    from sae_native import _C
+    return w.W_enc.dtype == torch.bfloat16 and _C.bf16_inputs_rounded()
+
+
+def _dense_pre(c: Case, rounded: bool) -> torch.Tensor:
+    """fp32 pre-activations as the kernels compute them: u = x - b_dec (rounded to the weights'
+    dtype where ``rounded``), exact products, fp32 sums (no TF32)."""
     w = c.w
     u = w.x.float() - w.b_dec.float()
-    if u.device.type == "cuda":
+    if rounded:
         u = u.to(w.W_enc.dtype).float()
     return u @ w.W_enc.float() + w.b_enc.float()
 
 
 def check_encode(c: Case) -> dict:
+    """Both encode paths (fused kernels, cuBLAS + epilogue) against the dense pre-activations."""
+    out = {}
+    for path in ("own", "gemm"):
+        before = sn.set_encode_path(path)
+        try:
+            out[path] = _check_encode_path(c, _rounds_u(c, path))
+        finally:
+            sn.set_encode_path(before)
+    out["ok"] = all(r["ok"] for r in out.values())
+    return out
+
+
+def _check_encode_path(c: Case, rounded: bool) -> dict:
     w, s = c.w, c.w.shape
     ours = c.sae.encode(w.x)
-    pre = _dense_pre(c)
+    pre = _dense_pre(c, rounded)
     if s.activation == "topk":
         ref = pre.topk(s.k, dim=-1).indices
         overlap = float((ours.indices[:, :, None] == ref[:, None, :]).any(-1).float().mean())
@@ -268,8 +292,8 @@ def phase_ops(report: Report, deadline: float, quick: bool, repeats: int) -> int
     results = report.data.setdefault("results", {})
     status = EXIT_OK
     plan = [("encode quick", "encode", QUICK), ("decode quick", "decode", QUICK)] if quick else PLAN
-    print(f"\n{'case':<18} {'shape':<38} {'check':<6} {'ours ms':>9} {'dense':>9} {'matmul':>9} {'emb_bag':>9} "
-          f"{'GB/s':>7} {'TFLOP/s':>8}")
+    print(f"\n{'case':<18} {'shape':<38} {'check':<6} {'ours ms':>9} {'own':>9} {'gemm':>9} {'dense':>9} "
+          f"{'matmul':>9} {'emb_bag':>9} {'GB/s':>7} {'TFLOP/s':>8}")
     for name, op, shape in plan:
         _check_time(deadline)
         try:
@@ -286,8 +310,8 @@ def phase_ops(report: Report, deadline: float, quick: bool, repeats: int) -> int
             print(f"{name:<18} {shape.label:<38} ERROR {rec['error']}")
         else:
             ms = rec["median_ms"]
-            cells = [f"{ms[k]:9.3f}" if k in ms else f"{'-':>9}" for k in ("sae_native", "dense", "matmul",
-                                                                              "embedding_bag")]
+            cells = [f"{ms[k]:9.3f}" if k in ms else f"{'-':>9}"
+                     for k in ("sae_native", "sae_native:own", "sae_native:gemm", "dense", "matmul", "embedding_bag")]
             print(f"{name:<18} {shape.label:<38} {'ok' if ok else 'FAIL':<6} {' '.join(cells)} {rec['gbps']:7.0f} "
                   f"{rec['tflops']:8.1f}")
         torch.cuda.empty_cache()

@@ -13,6 +13,7 @@
 
 #include "bind_args.h"
 #include "encode.h"
+#include "epilogue.h"
 #include "interrupt.h"
 #include "isa.h"
 #include "pack.h"
@@ -106,6 +107,72 @@ class ThresholdResult {
   std::variant<ThresholdCodes<float>, ThresholdCodes<double>> codes_;
 };
 
+// The GEMM path's epilogue (epilogue.h) for float32 or float64 activations. Python keeps the
+// threshold tensor alive while this lives.
+class Accumulator {
+ public:
+  Accumulator(int kind, index_t n, index_t k, index_t d_sae, int dtype, ptr_t threshold, bool compact) {
+    if (kind < 0 || kind > 2) throw std::invalid_argument("EncodeAccumulator: kind must be 0 (topk), 1 (groupmax) or 2");
+    if (n < 0 || d_sae < 1 || (kind != 2 && (k < 1 || k > d_sae)) || (kind == 1 && d_sae % k != 0))
+      throw std::invalid_argument("EncodeAccumulator: bad sizes: need n >= 0, d_sae >= 1, 1 <= k <= d_sae (topk), k dividing d_sae (groupmax)");
+    if (DType(dtype) == DType::f32)
+      acc_ = std::make_unique<EncodeAccumulator<float>>(EncodeKind(kind), n, k, d_sae, as<const float>(threshold),
+                                                        compact);
+    else if (DType(dtype) == DType::f64)
+      acc_ = std::make_unique<EncodeAccumulator<double>>(EncodeKind(kind), n, k, d_sae, as<const double>(threshold),
+                                                         compact);
+    else
+      throw std::invalid_argument("EncodeAccumulator: dtype must be float32 or float64");
+    n_ = n;
+    d_sae_ = d_sae;
+  }
+  void add(const Mat& pre, index_t row0, index_t latent0, ptr_t b_enc) {
+    if (row0 < 0 || pre.rows < 0 || row0 + pre.rows > n_ || latent0 < 0 || pre.cols < 0 ||
+        latent0 + pre.cols > d_sae_ || pre.col_stride != 1 || pre.row_stride < pre.cols)
+      throw std::invalid_argument("EncodeAccumulator.add: the block lies outside [n, d_sae] or is not row-major");
+    cancellable([&] {
+      std::visit([&](auto& a) {
+        using T = typename std::decay_t<decltype(*a)>::value_type;
+        if (int(dtype_of<T>()) != pre.dtype) throw std::invalid_argument("EncodeAccumulator.add: pre must have the accumulator's dtype");
+        a->add(as<T>(pre.data), pre.row_stride, row0, pre.rows, latent0, pre.cols, as<const T>(b_enc));
+      }, acc_);
+    });
+  }
+  void finish(ptr_t values, ptr_t indices) {
+    cancellable([&] {
+      std::visit([&](auto& a) {
+        using T = typename std::decay_t<decltype(*a)>::value_type;
+        if (a->kind() == EncodeKind::threshold) throw std::invalid_argument("EncodeAccumulator: a threshold accumulator: use finish_threshold");
+        a->finish_k(as<T>(values), as<index_t>(indices));
+      }, acc_);
+    });
+  }
+  std::unique_ptr<ThresholdResult> finish_threshold() {
+    std::unique_ptr<ThresholdResult> out;
+    cancellable([&] {
+      std::visit([&](auto& a) {
+        if (a->kind() != EncodeKind::threshold) throw std::invalid_argument("EncodeAccumulator: a topk or groupmax accumulator: use finish");
+        out = std::make_unique<ThresholdResult>(a->finish_threshold());
+      }, acc_);
+    });
+    return out;
+  }
+
+ private:
+  template <class T> static DType dtype_of() { return std::is_same<T, float>::value ? DType::f32 : DType::f64; }
+  std::variant<std::unique_ptr<EncodeAccumulator<float>>, std::unique_ptr<EncodeAccumulator<double>>> acc_;
+  index_t n_ = 0, d_sae_ = 0;
+};
+
+std::pair<double, double> run_probe(FmaProbeFn probe, index_t iters_per_thread) {
+  const int threads = num_threads();
+  std::vector<double> flops(size_t(threads), 0.0), sums(size_t(threads), 0.0);
+  parallel_for(threads, [&](index_t t) { sums[size_t(t)] = probe(iters_per_thread, &flops[size_t(t)]); });
+  double total = 0, check = 0;
+  for (int t = 0; t < threads; ++t) { total += flops[size_t(t)]; check += sums[size_t(t)]; }
+  return std::make_pair(total, check);
+}
+
 // What the sparse kernels return to Python: (number of out-of-range indices, one of them).
 using IndexReport = std::pair<index_t, index_t>;
 IndexReport report(const IndexCheck& c) { return {c.count(), c.example()}; }
@@ -154,15 +221,21 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_features", &cpu_features);
   m.def("packed_size", &packed_size);
   // FMA probe on every pool thread at once: returns the flops done (time it from Python).
-  m.def("fma_probe", [](index_t iters_per_thread) {
-    const int threads = num_threads();
-    std::vector<double> flops(size_t(threads), 0.0), sums(size_t(threads), 0.0);
-    const FmaProbeFn probe = active_kernels().fma_probe;
-    parallel_for(threads, [&](index_t t) { sums[size_t(t)] = probe(iters_per_thread, &flops[size_t(t)]); });
-    double total = 0, check = 0;
-    for (int t = 0; t < threads; ++t) { total += flops[size_t(t)]; check += sums[size_t(t)]; }
-    return std::make_pair(total, check);
-  }, nogil);
+  // Throughput probes of the active variant, on every thread: (flops, checksum).
+  m.def("fma_probe", [](index_t iters_per_thread) { return run_probe(active_kernels().fma_probe, iters_per_thread); },
+        nogil);
+  m.def("bf16_dot_probe", [](index_t iters_per_thread) -> py::object {
+    const FmaProbeFn probe = active_kernels().bf16_dot_probe;
+    if (probe == nullptr) return py::none();
+    std::pair<double, double> out;
+    {
+      py::gil_scoped_release release;
+      out = run_probe(probe, iters_per_thread);
+    }
+    return py::cast(out);
+  });
+  // Whether the active variant rounds u = x - b_dec to bf16 for bf16 weights (dot-product units).
+  m.def("bf16_inputs_rounded", [] { return active_kernels().bf16w.bf16_fn != nullptr; });
 
   // ---- the ops (python/sae_native/_ops.py declares them) -----------------------------------------
   m.def("pack_encoder", [](const Mat& w, ptr_t out) {
@@ -212,6 +285,15 @@ PYBIND11_MODULE(_C, m) {
     return result;
   }, py::kw_only(), py::arg("x"), py::arg("w"), py::arg("b_enc"), py::arg("b_dec"), py::arg("threshold"),
      py::arg("compact_nonfinite"), nogil);
+
+  // The GEMM path's epilogue: kind 0 topk, 1 groupmax, 2 threshold (backends/gemm_path.py).
+  py::class_<Accumulator>(m, "EncodeAccumulator")
+      .def(py::init<int, index_t, index_t, index_t, int, ptr_t, bool>(), py::kw_only(), py::arg("kind"), py::arg("n"),
+           py::arg("k"), py::arg("d_sae"), py::arg("dtype"), py::arg("threshold"), py::arg("compact_nonfinite"))
+      .def("add", &Accumulator::add, py::kw_only(), py::arg("pre"), py::arg("row0"), py::arg("latent0"),
+           py::arg("b_enc"), nogil)
+      .def("finish", &Accumulator::finish, py::kw_only(), py::arg("values"), py::arg("indices"), nogil)
+      .def("finish_threshold", &Accumulator::finish_threshold, nogil);
 
   m.def("decode", [](const Mat& values, const Mat& indices, const Mat& w, ptr_t bias, ptr_t out) {
     IndexCheck check;

@@ -63,6 +63,13 @@ template <class T> class TopKBuffer {
   bool closed_ = false;
 };
 
+// The better of two GroupMax picks: larger relu value, NaN above numbers (torch.max), then lower index.
+template <class T> inline bool better_pick(T v, index_t i, T best_v, index_t best_i) {
+  const bool vn = std::isnan(v), bn = std::isnan(best_v);
+  if (vn || bn) return vn && (!bn || i < best_i);
+  return v > best_v || (v == best_v && i < best_i);
+}
+
 // Capacity of a top-k buffer: room for about k more before a shrink.
 inline index_t topk_capacity(index_t k) { return 2 * k + 16; }
 

@@ -23,6 +23,14 @@ static inline float widen_bf16(uint16_t b) {
   return f;
 }
 
+// float -> bf16, rounded to nearest even (NaN stays a quiet NaN of the same sign).
+static inline uint16_t round_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 // IEEE half -> float without F16C (the generic path must run everywhere).
 static inline float widen_f16(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000u) << 16;

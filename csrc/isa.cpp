@@ -6,7 +6,7 @@ namespace sae {
 namespace {
 
 // Variants compiled in (a null entry was not: see CMakeLists.txt).
-const IsaKernels* const kAll[] = {&kGenericKernels, kAvx2Kernels, kAvx512Kernels};
+const IsaKernels* const kAll[] = {&kGenericKernels, kAvx2Kernels, kAvx512Kernels, kAvx512Bf16Kernels};
 
 const IsaKernels* best_supported() {
   const IsaKernels* best = nullptr;
@@ -33,6 +33,7 @@ std::atomic<const IsaKernels*>& active() {
 #ifndef SAE_NATIVE_X86_KERNELS
 const IsaKernels* const kAvx2Kernels = nullptr;
 const IsaKernels* const kAvx512Kernels = nullptr;
+const IsaKernels* const kAvx512Bf16Kernels = nullptr;
 #endif
 
 const IsaKernels& active_kernels() { return *active().load(); }
@@ -78,6 +79,9 @@ std::vector<std::string> cpu_features() {
   if (__builtin_cpu_supports("avx512f")) out.push_back("avx512f");
   if (__builtin_cpu_supports("avx512bw")) out.push_back("avx512bw");
   if (__builtin_cpu_supports("avx512vl")) out.push_back("avx512vl");
+  if (__builtin_cpu_supports("avx512bf16")) out.push_back("avx512_bf16");
+  if (__builtin_cpu_supports("amx-tile")) out.push_back("amx_tile");
+  if (__builtin_cpu_supports("amx-bf16")) out.push_back("amx_bf16");
 #elif defined(__aarch64__)
   out.push_back("neon");
 #endif

@@ -9,8 +9,8 @@
 // that pass: for top-k, !(pre <= bar) (NaN passes: it ranks highest); for threshold SAEs,
 // (pre > thr && pre > 0) || isnan(pre).
 //
-// Per-ISA variants (generic, AVX2+FMA, AVX-512) live in isa_<name>.cpp, each compiled
-// with its own flags; csrc/isa.cpp picks one at import.
+// Per-ISA variants (generic, AVX2+FMA, AVX-512, AVX-512 with BF16 dot products) live in
+// isa_<name>.cpp, each compiled with its own flags; csrc/isa.cpp picks one at import.
 #pragma once
 
 #include <cstdint>
@@ -28,10 +28,19 @@ template <class T, class W>
 using TileFn = void (*)(const T* u, index_t ldu, int rows, const W* panel, index_t panel_stride, int panels,
                         index_t d_in, T* acc, index_t ld_acc);
 
+// A tile on 16-bit dot-product units (VDPBF16PS): u arrives rounded to bf16 (round to nearest
+// even), each row zero-padded to an even length ldu, so u[2j], u[2j+1] form one 32-bit pair.
+template <class T, class W>
+using PairTileFn = void (*)(const bf16* u, index_t ldu, int rows, const W* panel, index_t panel_stride, int panels,
+                            index_t d_in, T* acc, index_t ld_acc);
+
 template <class T, class W> struct Tile {
   TileFn<T, W> fn;
   int rows;    // rows per call, <= kMaxTileRows
   int panels;  // panels per call, <= kMaxTilePanels
+  // Set where the variant multiplies on bf16 units: the driver rounds u to bf16 and calls this
+  // instead of fn (fp32 accumulation; docs/design.md states the rounding).
+  PairTileFn<T, W> bf16_fn = nullptr;
 };
 
 template <class T> struct Screen {
@@ -80,6 +89,7 @@ struct IsaKernels {
   DotRowFn<bf16> dot_bf16w;
   DotRowFn<f16> dot_f16w;
   AxpyFn axpy_f32;
+  FmaProbeFn bf16_dot_probe = nullptr;   // the bf16 dot-product ceiling, where the variant has one
 };
 
 template <class T, class W> const Tile<T, W>& tile_of(const IsaKernels& k);
@@ -106,5 +116,6 @@ template <> inline DotRowFn<f16> dot_row_of(const IsaKernels& k) { return k.dot_
 extern const IsaKernels kGenericKernels;
 extern const IsaKernels* const kAvx2Kernels;
 extern const IsaKernels* const kAvx512Kernels;
+extern const IsaKernels* const kAvx512Bf16Kernels;
 
 }  // namespace sae

@@ -1,9 +1,11 @@
 #include "steer.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "interrupt.h"
+#include "isa.h"
 #include "sparse_rows.h"
 #include "thread_pool.h"
 
@@ -63,11 +65,19 @@ void steer_threshold(index_t n, const T* x, const Strided<W>& w_enc, const T* b_
       for (index_t i = 0; i < d; ++i)
         enc_cols[size_t(c * d + i)] = widen<T>(w_enc.row(i)[clamp.features[c] * w_enc.col_stride]);
   const std::vector<T> dec_rows = gather_rows(w_dec, clamp, ok);
+  // The encode's rule: where the variant multiplies bf16 weights on bf16 units, it multiplies
+  // u = x - b_dec rounded to bf16 (docs/design.md), so the clamped features' z match the codes'.
+  const bool round_u = std::is_same<W, bf16>::value && active_kernels().bf16w.bf16_fn != nullptr;
 
   parallel_range(n, grain(2 * count * d + d), [&](index_t r0, index_t r1) {
     std::vector<T> deltas(static_cast<size_t>(count));
+    std::vector<T> u(static_cast<size_t>(d));
     for (index_t r = r0; r < r1 && !interrupted(); ++r) {
       const T* xr = x + r * d;
+      for (index_t i = 0; i < d; ++i) {
+        const T ui = b_dec != nullptr ? xr[i] - b_dec[i] : xr[i];
+        u[size_t(i)] = round_u ? T(widen_bf16(round_to_bf16(float(ui)))) : ui;
+      }
       for (index_t c = 0; c < count; ++c) {
         if (!ok[size_t(c)]) {
           z[r * count + c] = T(0);
@@ -76,10 +86,7 @@ void steer_threshold(index_t n, const T* x, const Strided<W>& w_enc, const T* b_
         }
         const T* we = enc_cols.data() + c * d;
         T pre = 0;
-        if (b_dec != nullptr)
-          for (index_t i = 0; i < d; ++i) pre += (xr[i] - b_dec[i]) * we[i];
-        else
-          for (index_t i = 0; i < d; ++i) pre += xr[i] * we[i];
+        for (index_t i = 0; i < d; ++i) pre += u[size_t(i)] * we[i];
         const index_t f = clamp.features[c];
         pre += b_enc[f];
         const T thr = threshold != nullptr ? threshold[f] : T(0);

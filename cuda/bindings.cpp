@@ -93,6 +93,24 @@ PYBIND11_MODULE(_cuda, m) {
         py::kw_only(), py::arg("u"), py::arg("w"), py::arg("b_enc"), py::arg("threshold"), py::arg("cap"),
         py::arg("chunk_latents"), py::arg("chunks"), py::arg("vec"), py::arg("counts"), py::arg("hits"),
         py::arg("nonfinite"), py::arg("stream"), rel());
+  m.attr("EPILOGUE_DTYPE") = kEpilogueDtype;
+  m.def("epilogue_topk",
+        [](const Mat& pre, ptr_t b_enc, int k, int cap, index_t chunk_latents, int chunks, ptr_t cand, ptr_t stream) {
+          epilogue_topk(pre, as<const float>(b_enc), k, cap, EncodeGrid{chunk_latents, chunks}, as<uint64_t>(cand),
+                        stream_of(stream));
+        },
+        py::kw_only(), py::arg("pre"), py::arg("b_enc"), py::arg("k"), py::arg("cap"), py::arg("chunk_latents"),
+        py::arg("chunks"), py::arg("cand"), py::arg("stream"), rel());
+  m.def("epilogue_threshold",
+        [](const Mat& pre, ptr_t b_enc, ptr_t threshold, index_t cap, index_t chunk_latents, int chunks, ptr_t counts,
+           ptr_t hits, ptr_t nonfinite, ptr_t stream) {
+          epilogue_threshold(pre, as<const float>(b_enc), as<const float>(threshold), cap,
+                             EncodeGrid{chunk_latents, chunks}, as<int64_t>(counts), as<uint64_t>(hits),
+                             as<uint64_t>(nonfinite), stream_of(stream));
+        },
+        py::kw_only(), py::arg("pre"), py::arg("b_enc"), py::arg("threshold"), py::arg("cap"),
+        py::arg("chunk_latents"), py::arg("chunks"), py::arg("counts"), py::arg("hits"), py::arg("nonfinite"),
+        py::arg("stream"), rel());
   m.def("sort_rows",
         [](index_t n, ptr_t keys, index_t row_stride, index_t m_, ptr_t counts, int size, index_t width, bool relu,
            ptr_t values, ptr_t indices, ptr_t stream) {

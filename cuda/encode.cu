@@ -226,6 +226,9 @@ void check_encode(const EncodeLaunch& a, const char* op) {
 
 namespace {
 
+// The epilogue-only kernels (PreactTile) stand under this pseudo weight dtype in the host API.
+constexpr int kPreacts = kEpilogueDtype;
+
 template <class Tile> int topk_blocks_for_cap(int cap) {
   switch (cap) {
     case 64: return blocks_per_sm(encode_topk_kernel<Tile, 64>, THREADS, topk_smem_bytes<64>(tile_smem_bytes<Tile>()),
@@ -248,6 +251,7 @@ template <class Tile> void load_tile_kernels() {
 }  // namespace
 
 int topk_blocks_per_sm(int w_dtype, int cap) {
+  if (w_dtype == kPreacts) return topk_blocks_for_cap<PreactTile>(cap);
   switch (DType(w_dtype)) {
     case DType::bf16: return topk_blocks_for_cap<TensorCoreTile<__nv_bfloat16>>(cap);
     case DType::f16: return topk_blocks_for_cap<TensorCoreTile<__half>>(cap);
@@ -258,6 +262,9 @@ int topk_blocks_per_sm(int w_dtype, int cap) {
 }
 
 int threshold_blocks_per_sm(int w_dtype) {
+  if (w_dtype == kPreacts)
+    return blocks_per_sm(encode_threshold_kernel<PreactTile>, THREADS, tile_smem_bytes<PreactTile>(),
+                         "encode_threshold occupancy");
   switch (DType(w_dtype)) {
     case DType::bf16:
       return blocks_per_sm(encode_threshold_kernel<TensorCoreTile<__nv_bfloat16>>, THREADS,
@@ -277,10 +284,12 @@ void load_encode_kernels() {
   load_tile_kernels<TensorCoreTile<__nv_bfloat16>>();
   load_tile_kernels<TensorCoreTile<__half>>();
   load_tile_kernels<SimtTile>();
+  load_tile_kernels<PreactTile>();
   load_kernel(collapse_nonfinite_kernel, "collapse_nonfinite");
 }
 
 size_t topk_smem_bytes(int w_dtype, int cap) {
+  if (w_dtype == kPreacts) return topk_smem_for_cap<PreactTile>(cap);
   switch (DType(w_dtype)) {
     case DType::bf16: return topk_smem_for_cap<TensorCoreTile<__nv_bfloat16>>(cap);
     case DType::f16: return topk_smem_for_cap<TensorCoreTile<__half>>(cap);
@@ -318,6 +327,34 @@ void encode_threshold(const Mat& u, const Mat& w, const float* b_enc, const floa
     default: break;
   }
   throw std::invalid_argument("sae_native._cuda.encode_threshold: weights must be float32, bfloat16 or float16");
+}
+
+namespace {
+
+EncodeLaunch epilogue_launch(const Mat& pre, const float* b_enc, EncodeGrid grid, void* stream, const char* op) {
+  if (pre.dtype != int(DType::f32) || pre.col_stride != 1 || pre.row_stride != pre.cols)
+    throw std::invalid_argument(std::string("sae_native._cuda.") + op + ": pre must be row-major float32 [n, d_sae]");
+  return EncodeLaunch{kPreacts, pre.rows, 0, pre.cols, reinterpret_cast<const void*>(pre.data), nullptr, b_enc,
+                      grid.chunk_latents, grid.chunks, false, stream};
+}
+
+}  // namespace
+
+void epilogue_topk(const Mat& pre, const float* b_enc, int k, int cap, EncodeGrid grid, uint64_t* cand, void* stream) {
+  const EncodeLaunch a = epilogue_launch(pre, b_enc, grid, stream, "epilogue_topk");
+  check_encode(a, "epilogue_topk");
+  if (k < 1 || k + 32 > cap || k > a.d_sae) throw std::invalid_argument("sae_native._cuda.epilogue_topk: need 1 <= k <= cap - 32");
+  if (a.n == 0) return;
+  launch_topk_cap<PreactTile>(a, k, cap, cand);
+}
+
+void epilogue_threshold(const Mat& pre, const float* b_enc, const float* threshold, index_t cap, EncodeGrid grid,
+                        int64_t* counts, uint64_t* hits, uint64_t* nonfinite, void* stream) {
+  const EncodeLaunch a = epilogue_launch(pre, b_enc, grid, stream, "epilogue_threshold");
+  check_encode(a, "epilogue_threshold");
+  if (cap < 1) throw std::invalid_argument("sae_native._cuda.epilogue_threshold: cap must be >= 1");
+  if (a.n == 0) return;
+  launch_threshold<PreactTile>(a, threshold, cap, counts, hits, nonfinite);
 }
 
 }  // namespace sae_cuda

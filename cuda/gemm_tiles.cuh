@@ -6,6 +6,7 @@
 //   TensorCoreTile<T>  T = __nv_bfloat16 or __half: WMMA 16x16x16 (mma.sync) with fp32
 //                      accumulators, cp.async double-buffered operand tiles (sm_80+).
 //   SimtTile           fp32 operands and FMA (no TF32: fp32 weights keep fp32 products).
+// and a third for the cuBLAS path, PreactTile: pre-activations a GEMM already wrote.
 // Both take u [n, d_in] and W_enc [d_in, d_sae] row-major; rows/latents past the edges read as 0.
 #pragma once
 
@@ -205,6 +206,24 @@ struct SimtTile {
         Cs[(ty * 4 + i) * LDC + tx * 4 + j] = acc[i][j];
         Cs[(ty * 4 + i) * LDC + 64 + tx * 4 + j] = acc[i][j + 4];
       }
+    __syncthreads();
+  }
+};
+
+// The cuBLAS path's "mainloop": the tile's pre-activations were already computed by a GEMM
+// (torch.mm, fp32 output) into a row-major [n, d_sae] fp32 buffer, passed as g.u; the tile copies
+// them into Cs, so the fused kernels' epilogues serve that path unchanged (g.w and g.d_in unused).
+struct PreactTile {
+  static constexpr size_t kOperandBytes = 0;
+
+  __device__ static void tile(const GemmArgs& g, index_t row0, index_t col0, unsigned char*, float* Cs) {
+    const float* pre = static_cast<const float*>(g.u);
+    __syncthreads();  // the previous epilogue's Cs reads are done
+    for (int e = threadIdx.x; e < BM * BN; e += THREADS) {
+      const int r = e / BN, c = e % BN;
+      const index_t gr = row0 + r, gc = col0 + c;
+      Cs[r * LDC + c] = (gr < g.n && gc < g.d_sae) ? pre[gr * g.d_sae + gc] : 0.0f;
+    }
     __syncthreads();
   }
 };

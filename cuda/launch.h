@@ -75,6 +75,16 @@ void encode_topk(const Mat& u, const Mat& w, const float* b_enc, int k, int cap,
 void encode_threshold(const Mat& u, const Mat& w, const float* b_enc, const float* threshold, index_t cap,
                       EncodeGrid grid, bool vec, int64_t* counts, uint64_t* hits, uint64_t* nonfinite, void* stream);
 
+// ---- the cuBLAS path's epilogue (cuda/encode.cu, PreactTile) ------------------------------------
+// The same as encode_topk / encode_threshold, on pre-activations a GEMM already computed: pre is
+// row-major float32 [n, d_sae] without the bias (n: a block of rows; the caller offsets cand,
+// counts, hits and nonfinite to the block's first row). The occupancy queries and topk_smem_bytes
+// take kEpilogueDtype for these kernels.
+constexpr int kEpilogueDtype = -1;
+void epilogue_topk(const Mat& pre, const float* b_enc, int k, int cap, EncodeGrid grid, uint64_t* cand, void* stream);
+void epilogue_threshold(const Mat& pre, const float* b_enc, const float* threshold, index_t cap, EncodeGrid grid,
+                        int64_t* counts, uint64_t* hits, uint64_t* nonfinite, void* stream);
+
 // ---- sorted codes from candidate keys (cuda/sort_rows.cu) -------------------------------------
 constexpr int kSortMax = 8192;  // keys per row one block sorts in shared memory
 // Row r sorts keys[r * row_stride + (0 .. min(m, counts[r]))) (counts may be null) padded to

@@ -28,6 +28,20 @@ from sae_native import _C  # noqa: E402
 
 ISAS = list(_C.supported_isas())
 
+# The suite runs the own kernels unless a test asks for a path: "auto" picks by measurement, and
+# the two paths' sums may differ in the last bit (MKL adds in its own order), so a test comparing
+# two encodes bit for bit must not see them on different paths. The encode_path fixture runs the
+# encode / steer / training matrix on each path; test_encode_paths.py tests "auto".
+sn.set_encode_path(os.environ.get("SAE_NATIVE_ENCODE") or "own")
+
+
+@pytest.fixture(params=["own", "gemm"])
+def encode_path(request):
+    """Runs a test on each encode path: the own fused kernels and the vendor GEMM + epilogue."""
+    before = sn.set_encode_path(request.param)
+    yield request.param
+    sn.set_encode_path(before)
+
 
 @pytest.fixture(params=ISAS)
 def isa(request):

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from sae_native import reference
+from sae_native import _C, reference
 
 EPS32 = float(torch.finfo(torch.float32).eps)
 
@@ -44,9 +44,20 @@ class RefSAE:
     def d(self, t: Optional[Tensor]) -> Optional[Tensor]:
         return None if t is None else t.detach().to(torch.float64)
 
+    def rounds_u(self) -> bool:
+        """Whether the kernels round u = x - b_dec to bf16: bf16 weights on a CPU variant with bf16
+        dot products (avx512_bf16), on either encode path and in steering (docs/design.md)."""
+        return (self.W_enc.dtype == torch.bfloat16 and self.W_enc.device.type == "cpu"
+                and _C.bf16_inputs_rounded())
+
     def u(self, x: Tensor) -> Tensor:
         x = self.norm_stats(x)[0]
-        return x - self.d(self.b_dec) if self.apply_b_dec_to_input else x
+        u = x - self.d(self.b_dec) if self.apply_b_dec_to_input else x
+        if self.rounds_u():    # as the kernel: the float32 difference, rounded to nearest even
+            x32 = x.to(torch.float32)
+            u32 = x32 - self.b_dec.to(torch.float32) if self.apply_b_dec_to_input else x32
+            u = u32.to(torch.bfloat16).to(torch.float64)
+        return u
 
     def pre(self, x: Tensor) -> Tensor:
         return reference.preact(self.u(x), self.d(self.W_enc), self.d(self.b_enc))
@@ -56,7 +67,12 @@ class RefSAE:
         u = self.u(x)
         scale = u.abs() @ self.d(self.W_enc).abs() + self.d(self.b_enc).abs()
         d_in = self.W_enc.shape[0]
-        return 2 * (d_in + 2) * EPS32 * scale + 1e-30
+        bound = 2 * (d_in + 2) * EPS32 * scale + 1e-30
+        if self.rounds_u() and self.normalize != "none":
+            # The kernel normalizes in float32, this in float64: an element of u may round to
+            # the neighbouring bf16 (2^-8 relative).
+            bound = bound + 2.0 ** -8 * scale
+        return bound
 
     def dense(self, x: Tensor) -> Tensor:
         """z [n, d_sae] by the dense formula (the contract's tie rule)."""

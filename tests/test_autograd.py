@@ -5,6 +5,8 @@ import torch
 import sae_native as sn
 from helpers import make_weights, randn
 
+pytestmark = pytest.mark.usefixtures("encode_path")   # every test on both encode paths (conftest.py)
+
 F64 = torch.float64
 
 

@@ -32,12 +32,18 @@ def test_bad_shapes_exit_2(shape, msg, capsys):
     assert __import__("re").search(msg, err), err
 
 
+def test_a_threshold_shape_asks_for_no_k(capsys):
+    code, err = _exit_code(["bench", "--activation", "jumprelu", "--shape", "4,16"], capsys)
+    assert code == 2 and "expected N,d_in,d_sae (a threshold SAE needs no k)" in err
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["--ops", "encode,frobnicate"], "--ops: unknown op 'frobnicate'"),
     (["--ops", ","], "--ops: expected at least one op"),
     (["--refs", "dense,numpy"], "--refs: unknown reference 'numpy'"),
     (["--repeats", "0"], "--repeats: expected an integer >= 1"),
-    (["--dtype", "int8"], "invalid choice"),
+    (["--dtype", "int8"], "--dtype: expected a comma-separated subset of float32,bfloat16,float16"),
+    (["--dtype", ","], "--dtype: expected a comma-separated subset"),
     (["--preset", "huge"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2(argv, msg, capsys):
@@ -76,21 +82,25 @@ def test_records_have_every_field(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     records = json.loads(out.read_text())
     impls = {(r["op"], r["impl"]) for r in records}
-    assert impls == {("encode", "sae_native"), ("encode", "dense"), ("encode", "matmul"),
+    assert impls == {("encode", "sae_native"), ("encode", "sae_native:own"), ("encode", "sae_native:gemm"),
+                     ("encode", "dense"), ("encode", "matmul"),
                      ("decode", "sae_native"), ("decode", "embedding_bag"), ("decode", "dense"),
                      ("steer", "sae_native"), ("steer", "dense")}
+    # The default runs fp32 and bf16 weights: every (op, impl) once per dtype.
+    assert sorted(r["dtype"] for r in records) == ["bfloat16"] * 10 + ["float32"] * 10
     for r in records:
         assert FIELDS <= set(r), FIELDS - set(r)
         assert r["shape"] == {"N": 9, "d_in": 16, "d_sae": 67, "k": 5}
         summary = (r["min_ms"], r["median_ms"], r["max_ms"])
         assert summary[0] <= summary[1] <= summary[2]
         assert summary == pytest.approx(want_summary)
-        assert r["tokens_per_s"] > 0 and r["gflops"] > 0 and r["dtype"] == "float32" and r["device"] == "cpu"
-        assert {"cpu", "cpu_isa", "threads", "copy_gbps"} <= set(r["machine"])
+        assert r["tokens_per_s"] > 0 and r["gflops"] > 0 and r["device"] == "cpu"
+        assert {"cpu", "cpu_flags", "cpu_isa", "threads", "copy_gbps", "fma_gflops", "bf16_inputs"} <= set(r["machine"])
         if r["impl"] == "sae_native":
             assert set(r["speedup_vs"]) == {i for o, i in impls if o == r["op"] and i != "sae_native"}
             assert all(v > 0 for v in r["speedup_vs"].values())
-    assert "cpu_isa=" in printed and "sae_native" in printed and "wrote 8 records" in printed
+            assert (r.get("encode_path") in ("own", "gemm")) == (r["op"] in ("encode", "steer"))
+    assert "cpu_isa=" in printed and "sae_native (" in printed and "wrote 20 records" in printed
 
 
 def test_absent_peers_are_reported_as_skipped(tmp_path, monkeypatch, capsys):
@@ -101,7 +111,8 @@ def test_absent_peers_are_reported_as_skipped(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     for peer in ("faiss", "sparsify", "sae_lens"):
         assert f"skipped {peer} for encode" in printed and "not installed" in printed
-    assert {r["impl"] for r in json.loads(out.read_text())} == {"sae_native", "dense", "matmul"}
+    assert {r["impl"] for r in json.loads(out.read_text())} == {"sae_native", "sae_native:own", "sae_native:gemm",
+                                                                "dense", "matmul"}
 
 
 def test_jumprelu_and_bf16(tmp_path, capsys):

@@ -81,7 +81,7 @@ def test_sae_attributes_and_to():
     sae, _ = make_pair(8, 20, "topk", 4)
     assert (sae.d_in, sae.d_sae, sae.k, sae.activation) == (8, 20, 4, "topk")
     assert sae.W_enc.shape == (8, 20) and sae.W_dec.shape == (20, 8) and sae.threshold is None
-    bf = sae.to(dtype=torch.bfloat16)
+    bf = sae.copy().to(dtype=torch.bfloat16)       # .to() works in place, as on any nn.Module
     assert bf.W_enc.dtype == torch.bfloat16 and sae.W_enc.dtype == torch.float32
     x = randn(5, 8)
     torch.testing.assert_close(bf(x), sae(x), atol=0.05, rtol=0.05)

@@ -2,7 +2,8 @@
 kernels (cuda/reference.cu, in the test-only module): odd sizes, every weight dtype, ties, NaN inputs, empty batches, bad
 indices, steering, autograd; on a GPU also poisoned memory, streams, CUDA graphs, compile, hooks.
 
-Every test taking ``dev`` runs twice:
+Every test taking ``dev`` runs twice (and the encode tests once more per encode path: the fused
+kernels, and cuBLAS + the same epilogues reading its pre-activations):
 - ``gpu``: on a CUDA GPU (skips without one or without the CUDA module). benchmarks/gpu_check.py
   runs these on a GPU session.
 - ``emulated``: the same kernel sources built for the CPU emulator (tests/cuda_emu), registered as
@@ -84,7 +85,7 @@ def encode_on(dev, sae, x):
 @pytest.mark.parametrize("wdtype", WDTYPES)
 @pytest.mark.parametrize("d_in", [1, 7, 16, 17, 64, 96])
 @pytest.mark.parametrize("d_sae", [1, 13, 128, 129, 300, 1031])
-def test_topk_matches_reference(dev, wdtype, d_in, d_sae):
+def test_topk_matches_reference(dev, wdtype, d_in, d_sae, encode_path):
     for k in sorted({1, min(d_sae, 32), min(d_sae, 224), d_sae}):   # d_sae > 224: the torch path
         sae, w = dev_sae(dev, d_in, d_sae, "topk", k, wdtype, seed=d_in * 7 + d_sae)
         for n in (1, 65, 130):
@@ -96,7 +97,7 @@ def test_topk_matches_reference(dev, wdtype, d_in, d_sae):
 @pytest.mark.parametrize("wdtype", WDTYPES)
 @pytest.mark.parametrize("n, d_in, d_sae, k", [(300, 64, 5000, 64), (8, 128, 65536, 32), (70, 40, 3000, 192),
                                                (129, 72, 2048, 1), (3, 256, 24576, 128)])
-def test_topk_many_chunks_and_compactions(dev, wdtype, n, d_in, d_sae, k):
+def test_topk_many_chunks_and_compactions(dev, wdtype, n, d_in, d_sae, k, encode_path):
     sae, w = dev_sae(dev, d_in, d_sae, "topk", k, wdtype, seed=k)
     x = randn(n, d_in, seed=d_sae)
     ref, xr = reference_for(w, x)
@@ -105,7 +106,7 @@ def test_topk_many_chunks_and_compactions(dev, wdtype, n, d_in, d_sae, k):
 
 @pytest.mark.parametrize("wdtype", WDTYPES)
 @pytest.mark.parametrize("k", [1, 50, 200, 260])
-def test_topk_exact_ties_go_to_the_lower_latent(dev, wdtype, k):
+def test_topk_exact_ties_go_to_the_lower_latent(dev, wdtype, k, encode_path):
     # Zero weights: every pre-activation is its bias, drawn from {-1, 0, 1, 2}: ties everywhere,
     # across tiles and chunks. Selection and order must be exactly the reference's.
     d_in, d_sae = 16, 1000
@@ -122,7 +123,7 @@ def test_topk_exact_ties_go_to_the_lower_latent(dev, wdtype, k):
 
 
 @pytest.mark.parametrize("wdtype", WDTYPES)
-def test_topk_nan_rows(dev, wdtype):
+def test_topk_nan_rows(dev, wdtype, encode_path):
     sae, w = dev_sae(dev, 16, 500, "topk", 20, wdtype)
     x = randn(4, 16)
     x[1, 3] = math.nan
@@ -156,7 +157,7 @@ def test_topk_reference_kernels_agree(dev, raw):
 @pytest.mark.parametrize("wdtype", WDTYPES)
 @pytest.mark.parametrize("activation", ["jumprelu", "relu"])
 @pytest.mark.parametrize("d_in, d_sae", [(1, 1), (7, 13), (16, 128), (17, 129), (64, 1031), (96, 300)])
-def test_threshold_matches_reference(dev, wdtype, activation, d_in, d_sae):
+def test_threshold_matches_reference(dev, wdtype, activation, d_in, d_sae, encode_path):
     sae, w = dev_sae(dev, d_in, d_sae, activation, None, wdtype, seed=d_sae)
     for n in (1, 65, 130):
         x = randn(n, d_in, seed=n)
@@ -165,7 +166,7 @@ def test_threshold_matches_reference(dev, wdtype, activation, d_in, d_sae):
 
 
 @pytest.mark.parametrize("d_sae", [1031, 9000])  # past the first buffer (rerun); past one block's sort
-def test_threshold_rows_with_many_hits(dev, d_sae):
+def test_threshold_rows_with_many_hits(dev, d_sae, encode_path):
     w = make_weights(24, d_sae, "relu", seed=1)
     w["b_enc"] = w["b_enc"] + 10.0  # nearly every latent active
     sae = sn.SAE(**w).to(dev)
@@ -175,7 +176,7 @@ def test_threshold_rows_with_many_hits(dev, d_sae):
     check_threshold_codes(codes, RefSAE(**w), x)
 
 
-def test_threshold_nan_row_activates_everything(dev):
+def test_threshold_nan_row_activates_everything(dev, encode_path):
     sae, w = dev_sae(dev, 8, 300, "jumprelu")
     x = randn(3, 8)
     x[2, 0] = math.nan
@@ -217,7 +218,7 @@ def test_groupmax_matches_reference(dev, wdtype):
 
 
 @pytest.mark.parametrize("activation", ["topk", "jumprelu", "relu", "groupmax"])
-def test_empty_batch(dev, activation):
+def test_empty_batch(dev, activation, encode_path):
     sae, _ = dev_sae(dev, 16, 64, activation, 4, torch.bfloat16)
     codes = sae.encode(torch.empty(0, 16, device=dev))
     assert codes.values.shape[0] == 0 and codes.values.device.type == dev
@@ -475,8 +476,31 @@ def test_hooks_on_a_model(dev):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_second_gpu():
     sae, w = dev_sae("cuda", 32, 500, "topk", 16, torch.bfloat16)
-    sae1 = sae.to("cuda:1")
+    sae1 = sae.copy().to("cuda:1")
     x = randn(20, 32)
     a = sae.encode(x.to("cuda")).to("cpu")
     b = sae1.encode(x.to("cuda:1")).to("cpu")
     assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
+
+
+@pytest.mark.parametrize("activation", ["topk", "jumprelu"])
+def test_gemm_path_in_several_row_blocks(dev, activation, monkeypatch):
+    """The cuBLAS path holds a bounded block of pre-activations: with a buffer of 64 rows, a batch of
+    150 rows takes three GEMMs, each followed by the epilogue on its rows, and equals the reference."""
+    from sae_native.backends.cuda import launch, plan as launch_plan
+    monkeypatch.setattr(launch_plan, "GEMM_BUFFER_FLOATS", 64 * 500)
+    calls = []
+    real = launch._gemm
+    monkeypatch.setattr(launch, "_gemm", lambda u, W, out: (calls.append(u.shape[0]), real(u, W, out)))
+    before = sn.set_encode_path("gemm")
+    try:
+        for wdtype in WDTYPES:
+            calls.clear()
+            sae, w = dev_sae(dev, 24, 500, activation, 16, wdtype)
+            x = randn(150, 24)
+            codes = encode_on(dev, sae, x)
+            ref, xr = reference_for(w, x)
+            (check_topk_codes if activation == "topk" else check_threshold_codes)(codes, ref, xr)
+            assert calls[:3] == [64, 64, 22], calls
+    finally:
+        sn.set_encode_path(before)

@@ -9,6 +9,8 @@ from helpers import (SIZES_D_IN, SIZES_D_SAE, check_threshold_codes, check_topk_
                      make_weights, randn)
 from reference import RefSAE
 
+pytestmark = pytest.mark.usefixtures("encode_path")   # every test on both encode paths (conftest.py)
+
 
 @pytest.mark.parametrize("d_in", SIZES_D_IN)
 @pytest.mark.parametrize("d_sae", SIZES_D_SAE)
@@ -112,6 +114,35 @@ def test_16bit_weights(isa, wdtype, activation):
     codes = sae.encode(x)
     assert codes.values.dtype == torch.float32
     (check_topk_codes if activation == "topk" else check_threshold_codes)(codes, ref, x)
+
+
+@pytest.mark.parametrize("d_in", SIZES_D_IN)
+@pytest.mark.parametrize("n", [1, 5, 9, 17])
+def test_bf16_weights_odd_sizes(isa, d_in, n):
+    """The bf16 dot-product tile pairs rows of d_in (an odd d_in leaves one unpaired) and runs 1-8
+    rows x 1-4 panels; every edge against the reference (u rounded to bf16 where the variant
+    does that)."""
+    for d_sae, k in ((1, 1), (17, 3), (97, 5), (257, 9)):
+        sae, ref = make_pair(d_in, d_sae, "topk", k, dtype=torch.bfloat16, seed=d_sae)
+        x = randn(n, d_in, seed=d_in)
+        check_topk_codes(sae.encode(x), ref, x)
+
+
+def test_bf16_dot_products_round_u_as_documented(encode_path):
+    """On a variant with bf16 dot products the own kernels multiply bf16(x - b_dec): the codes'
+    values match the rounded-u reference to float32 rounding, and differ from the exact one by
+    more (a kernel silently widening instead would fail the first check's tolerance or this)."""
+    sae, ref = make_pair(64, 96, "topk", 96, dtype=torch.bfloat16)
+    x = randn(8, 64)
+    codes = sae.encode(x)
+    check_topk_codes(codes, ref, x)
+    exact = (x.double() - ref.d(ref.b_dec)) @ ref.d(ref.W_enc) + ref.d(ref.b_enc)
+    got = codes.to_dense().double()
+    gap = float((got - exact.relu()).abs().max())
+    if ref.rounds_u():
+        assert gap > 1e-4, "u was not rounded to bf16"
+    else:
+        assert gap < 1e-4
 
 
 @pytest.mark.parametrize("activation", ["topk", "jumprelu"])

@@ -61,8 +61,9 @@ def saes(draw):
         w = {key: (v.double() if isinstance(v, torch.Tensor) else v) for key, v in w.items()}
     if draw(st.booleans()):  # W_enc as a transposed view: any strides are accepted
         w["W_enc"] = w["W_enc"].t().contiguous().t()
+    # (W_enc keeps its dtype: the reference rounds u to bf16 where the kernel in use does)
     ref = RefSAE(**{key: (v.float() if isinstance(v, torch.Tensor) and v.dtype in (torch.bfloat16, torch.float16)
-                          else v) for key, v in w.items()})
+                          and key != "W_enc" else v) for key, v in w.items()})
     return sn.SAE(**w), ref
 
 

@@ -45,9 +45,10 @@ SCRIPT = textwrap.dedent(r"""
 """)
 
 
+@pytest.mark.parametrize("path", ["own", "gemm"])
 @pytest.mark.parametrize("activation", ["topk", "jumprelu"])
-def test_encode_peak_memory_far_below_dense(activation):
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+def test_encode_peak_memory_far_below_dense(activation, path):
+    env = dict(os.environ, OMP_NUM_THREADS="2", SAE_NATIVE_ENCODE=path)
     out = subprocess.run([sys.executable, "-c", SCRIPT, activation], capture_output=True, text=True, env=env,
                          timeout=600)
     assert out.returncode == 0, out.stderr

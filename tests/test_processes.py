@@ -31,9 +31,11 @@ def test_encode_in_dataloader_workers(method, pool):
     assert "equal=True" in out
 
 
-@pytest.mark.parametrize("pool", ["openmp", "own"])
-def test_a_child_forked_after_parent_use(pool):
-    out = run_worker("fork", env={"SAE_NATIVE_THREAD_POOL": pool})
+@pytest.mark.parametrize("pool, path", [("openmp", "auto"), ("openmp", "gemm"), ("openmp", "own"), ("own", "auto")])
+def test_a_child_forked_after_parent_use(pool, path):
+    # With the GEMM path the parent's torch ran its OpenMP team, which the child lacks: a torch
+    # matmul there used to hang. The child falls back to the own kernels (warning if asked for gemm).
+    out = run_worker("fork", env={"SAE_NATIVE_THREAD_POOL": pool, "SAE_NATIVE_ENCODE": path})
     assert "child status 0" in out
 
 

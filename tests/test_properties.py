@@ -1,4 +1,5 @@
 """Property tests (hypothesis): random shapes, k, activations and data against the reference."""
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -7,7 +8,9 @@ import sae_native as sn
 from helpers import check_threshold_codes, check_topk_codes, make_weights
 from reference import RefSAE
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+pytestmark = pytest.mark.usefixtures("encode_path")   # every test on both encode paths (conftest.py)
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 @st.composite

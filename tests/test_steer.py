@@ -7,6 +7,8 @@ import torch
 import sae_native as sn
 from helpers import make_pair, make_weights, randn
 
+pytestmark = pytest.mark.usefixtures("encode_path")   # every test on both encode paths (conftest.py)
+
 MODES = ["set", "scale", "add"]
 WHERE = ["always", "active"]
 

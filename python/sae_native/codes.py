@@ -58,6 +58,33 @@ class SparseCodes:
     def device(self) -> torch.device:
         return self.values.device
 
+    def __len__(self) -> int:
+        """Rows along the first leading dimension (as ``len`` of a tensor of that shape)."""
+        if self.values.dim() < 2:
+            raise TypeError("len() of codes of a single row (values [k]): there is no leading dimension")
+        return self.values.shape[0]
+
+    def __getitem__(self, key) -> "SparseCodes":
+        """Codes of a part of the batch: ``key`` indexes the leading dimensions as it would a
+        tensor of shape ``codes.shape`` (ints, slices, index and boolean tensors, ``...``); each
+        row's k entries are kept whole."""
+        parts = key if isinstance(key, tuple) else (key,)
+        used = sum(p.dim() if isinstance(p, Tensor) and p.dtype == torch.bool else
+                   0 if p is None or p is Ellipsis else 1 for p in parts)
+        if used > len(self.shape):
+            raise IndexError(f"codes: too many indices for leading shape {list(self.shape)} (the last dimension, "
+                             f"the k entries of a row, cannot be indexed)")
+        full = (*parts, slice(None)) if any(p is Ellipsis for p in parts) else (*parts, Ellipsis, slice(None))
+
+        def pick(t: Tensor) -> Tensor:
+            return t[full]
+        counts = None if self._counts is None else self._counts.unsqueeze(-1)[full].squeeze(-1)
+        return SparseCodes(pick(self.values), pick(self.indices), self.d_sae, counts, self._map_norm(pick))
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
     def to_dense(self) -> Tensor:
         """The dense activations ``[..., d_sae]`` (zeros where no latent is active)."""
         dense = self.values.new_zeros(*self.values.shape[:-1], self.d_sae)

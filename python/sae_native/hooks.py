@@ -58,6 +58,51 @@ def split_output(output):
                     f"got {type(output).__name__}")
 
 
+class _StopForward(Exception):
+    pass
+
+
+class SiteCapture:
+    """Runs a model only as far as it must to see the outputs of ``sites``: ``capture(inputs)``
+    (a dict of model inputs) returns {site: hidden state}, and the forward stops right after the
+    last of them (later layers are never computed). Use as a context manager (hooks attached
+    inside)."""
+
+    def __init__(self, model: nn.Module, sites: List[Site]):
+        self.model, self.sites = model, list(sites)
+        self.modules = [resolve_site(model, s) for s in self.sites]
+        self.captured: dict = {}
+        self._handles: list = []
+
+    def _hook_for(self, site):
+        def hook(mod, args, output):
+            self.captured[site] = split_output(output)[0].detach()
+            if len(self.captured) == len(self.sites):
+                raise _StopForward
+        return hook
+
+    def __enter__(self) -> "SiteCapture":
+        self._handles = [m.register_forward_hook(self._hook_for(s)) for s, m in zip(self.sites, self.modules)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __call__(self, inputs: dict) -> dict:
+        self.captured = {}
+        with torch.no_grad():
+            try:
+                self.model(**inputs)
+            except _StopForward:
+                pass
+        missing = [s for s in self.sites if s not in self.captured]
+        if missing:
+            raise RuntimeError(f"the model never ran the site(s) {missing}")
+        return self.captured
+
+
 def _check_device(hidden: Tensor, sae) -> None:
     if hidden.device != sae.device:
         raise RuntimeError(f"the site's activations are on {hidden.device} but the SAE is on {sae.device}: "

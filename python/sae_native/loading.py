@@ -1,4 +1,5 @@
-"""``sn.load``: any supported SAE file or folder (sae_native/formats/) as an ``SAE``."""
+"""``sn.load``: any supported SAE file or folder (sae_native/formats/), a Hugging Face repo path or a
+SAELens release (hub.py), as an ``SAE``."""
 from __future__ import annotations
 
 import os
@@ -11,15 +12,39 @@ from .formats._common import parse_dtype
 from .sae import SAE
 
 
-def load(path, *, device=None, dtype=None, format: Optional[str] = None, progress: Optional[bool] = None):
-    """Loads the SAE at `path` (folder or file) in any supported format as an sn.SAE.
+def load(path, sae_id: Optional[str] = None, *, revision: Optional[str] = None, cache_dir=None, device=None,
+         dtype=None, format: Optional[str] = None, progress: Optional[bool] = None):
+    """Loads an SAE in any supported format as an sn.SAE, from
 
-    ``format`` skips detection (one of FORMATS). ``dtype`` converts the weights (default: the
-    format's own, float32 where it has none); ``device`` places them. Files over 1 GiB show a
-    progress bar (``progress=True/False`` forces it). `.pt` files are read with
+    - a local folder or file;
+    - ``"hf://org/repo[@revision]/path"``: a folder or file of a Hugging Face repo, through
+      huggingface_hub's cache (downloaded once; offline, the cached copy serves);
+    - ``(release, sae_id)``: a release of SAELens's pretrained registry (needs sae-lens), e.g.
+      ``sn.load("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical")``.
+
+    ``revision`` picks a branch, tag or commit of the repo; ``cache_dir`` overrides the Hugging
+    Face cache folder. ``format`` skips detection (one of FORMATS). ``dtype`` converts the
+    weights (default: the format's own, float32 where it has none); ``device`` places them. Files
+    over 1 GiB show a progress bar (``progress=True/False`` forces it). `.pt` files are read with
     ``torch.load(weights_only=True)``: a pickle that would run code is refused.
     """
+    source, extra = None, {}
+    if sae_id is not None:
+        from . import hub
+        repo_id, inner, extra = hub.resolve(path, sae_id)
+        source = f"hf://{repo_id}/{inner}"
+        path = hub.fetch(repo_id, inner, revision, cache_dir)
+    elif isinstance(path, str) and path.startswith("hf://"):
+        from . import hub
+        repo_id, inner, pinned = hub.parse(path)
+        if pinned is not None and revision is not None and pinned != revision:
+            raise ValueError(f"revision: {revision!r} given twice, differently ({path!r} names {pinned!r})")
+        source = f"hf://{repo_id}{'@' + pinned if pinned else ''}{'/' + inner if inner else ''}"
+        path = hub.fetch(repo_id, inner, pinned or revision, cache_dir)
     path = os.fspath(path)
+    if source is None and not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder (a SAELens release needs its sae_id: "
+                                f"sn.load(release, sae_id); a Hugging Face repo: sn.load('hf://org/repo/path'))")
     if format is None:
         format = detect(path)
     elif format not in FORMATS:
@@ -32,7 +57,10 @@ def load(path, *, device=None, dtype=None, format: Optional[str] = None, progres
             RecursionError) as e:
         # Whatever a malformed file trips in a loader still names the file.
         raise FormatError(f"{path}: cannot load as {format} ({type(e).__name__}: {e})") from None
-    return build(spec, device=device, dtype=dtype, fmt=format, path=path)
+    sae = build(spec, device=device, dtype=dtype, fmt=format, path=path)
+    if source is not None:
+        sae.metadata.update(extra, source=source)
+    return sae
 
 
 def build(spec: Spec, device=None, dtype=None, fmt: str = "", path: str = ""):

@@ -1,18 +1,20 @@
-"""The SAE class: weights, activation, and the encode / decode / steer operations."""
+"""The SAE module: weights as Parameters, the activation, and encode / decode / steer."""
 from __future__ import annotations
 
 from typing import Optional
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import functional as F
-from ._weights import SAEWeights
 from ._packing import PackedEncoder
+from ._weights import SAEWeights
 from .codes import SparseCodes
 
+WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 
-class SAE:
-    """A sparse autoencoder in SAELens orientation.
+
+class SAE(nn.Module):
+    """A sparse autoencoder in SAELens orientation, as an ``nn.Module``.
 
     ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``;
     ``activation`` is ``"topk"`` (needs ``k``), ``"jumprelu"`` (needs ``threshold [d_sae]``),
@@ -20,31 +22,64 @@ class SAE:
     kept). With ``apply_b_dec_to_input`` (the default) ``b_dec`` is subtracted from x before
     encoding. ``normalize`` (``"none"``, ``"constant_norm_rescale"``, ``"layer_norm"``, SAELens's
     definitions) normalizes each row of x first and maps reconstructions back; codes then carry
-    each row's statistics for decode. Weights may be float32, bfloat16, float16 (widened to float32 in the kernels) or
-    float64; W_enc and W_dec share a dtype. The tensors are kept as given (no copy); W_enc is
-    also laid out once in the panels the CPU kernel streams, re-made when W_enc is changed in
-    place (see ``refresh`` for writes through ``.data``).
+    each row's statistics for decode. Weights may be float32, bfloat16, float16 (widened to float32
+    in the kernels) or float64; W_enc and W_dec share a dtype.
+
+    The weights become Parameters sharing the given tensors' storage (no copy), with the
+    ``requires_grad`` the tensors had: a loaded SAE is frozen until ``sae.requires_grad_()``, after
+    which any torch optimizer fine-tunes it through the ops' autograd. ``state_dict`` keys are
+    SAELens's (``W_enc``, ``b_enc``, ``W_dec``, ``b_dec``, ``threshold``). ``.to()``, ``.cuda()``,
+    ``.half()`` work in place as on any module. W_enc is also laid out once in the panels the
+    CPU kernel streams, re-made when W_enc changes (an optimizer step, ``.to()``); see ``refresh``
+    for writes through ``.data``.
     """
 
     def __init__(self, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, *, activation: str = "topk",
                  k: Optional[int] = None, threshold: Optional[Tensor] = None, apply_b_dec_to_input: bool = True,
                  normalize: str = "none", metadata: Optional[dict] = None):
-        self._w = SAEWeights.validated(W_enc, b_enc, W_dec, b_dec, activation=activation, k=k, threshold=threshold,
-                                       apply_b_dec_to_input=apply_b_dec_to_input, normalize=normalize)
+        super().__init__()
+        w = SAEWeights.validated(W_enc, b_enc, W_dec, b_dec, activation=activation, k=k, threshold=threshold,
+                                 apply_b_dec_to_input=apply_b_dec_to_input, normalize=normalize)
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"metadata: expected a dict, got {type(metadata).__name__}")
+        self._config = dict(activation=activation, k=k, apply_b_dec_to_input=apply_b_dec_to_input,
+                            normalize=normalize)
+        for name in WEIGHTS:
+            t = getattr(w, name)
+            # (Parameter of a parameter would share its autograd identity: take the plain tensor)
+            data = t.data if isinstance(t, nn.Parameter) else t
+            self.register_parameter(name, None if t is None else nn.Parameter(data, requires_grad=t.requires_grad))
         # Where the SAE came from and where it belongs (e.g. "hook_name"), kept by load and save.
         self.metadata = dict(metadata or {})
-        self._packed = PackedEncoder(self._w.W_enc)
         # Per-feature statistics (a FeatureStats), set by sn.feature_stats; ("max", s) clamps use it.
         self.stats = None
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Re-validates the weights (after .to(), load_state_dict, a new Parameter) and re-packs W_enc."""
+        self._w = SAEWeights.validated(self.W_enc, self.b_enc, self.W_dec, self.b_dec, threshold=self.threshold,
+                                       **self._config)
+        self._packed = PackedEncoder(self._w.W_enc)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in WEIGHTS and "_w" in self.__dict__:
+            self._rebuild()
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._rebuild()
+        if self.stats is not None:
+            self.stats = self.stats.to(self.device)
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._rebuild()   # the copy into the Parameters is an in-place write: W_enc is packed again
 
     # ---- attributes -----------------------------------------------------------------------
-    W_enc = property(lambda self: self._w.W_enc)
-    b_enc = property(lambda self: self._w.b_enc)
-    W_dec = property(lambda self: self._w.W_dec)
-    b_dec = property(lambda self: self._w.b_dec)
-    threshold = property(lambda self: self._w.threshold)
     activation = property(lambda self: self._w.activation)
     k = property(lambda self: self._w.k)
     apply_b_dec_to_input = property(lambda self: self._w.apply_b_dec_to_input)
@@ -69,11 +104,9 @@ class SAE:
         """Reconstruction ``[..., d_in]`` from SparseCodes or a pair (values, indices)."""
         return F.decode_with(self._w, codes)
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         """Reconstruction ``decode(encode(x))``, in x's dtype and shape."""
         return F.reconstruct_with(self._w, x, self._packed.get())
-
-    forward = __call__
 
     def steer(self, x: Tensor, clamp, *, mode: str = "set", keep_error: bool = True, where: str = "always") -> Tensor:
         """Clamped reconstruction: the activation with some features forced to new values.
@@ -105,20 +138,25 @@ class SAE:
         (through ``W_enc.data`` or in inference mode). Other in-place changes are seen anyway."""
         self._packed.refresh()
 
-    def to(self, device=None, dtype=None) -> "SAE":
-        """A copy on another device and/or with another weight dtype (the original is unchanged)."""
-        w = self._w.to(device=device, dtype=dtype)
-        out = SAE(w.W_enc, w.b_enc, w.W_dec, w.b_dec, activation=w.activation, k=w.k, threshold=w.threshold,
-                  apply_b_dec_to_input=w.apply_b_dec_to_input, normalize=w.normalize, metadata=self.metadata)
-        out.stats = None if self.stats is None else self.stats.to(device)
+    def copy(self) -> "SAE":
+        """An independent copy (the weights cloned, metadata and stats kept)."""
+        w = self._w
+        out = SAE(*(t.detach().clone() for t in (w.W_enc, w.b_enc, w.W_dec, w.b_dec)),
+                  threshold=None if w.threshold is None else w.threshold.detach().clone(), metadata=self.metadata,
+                  **self._config)
+        out.stats = self.stats
         return out
 
-    def save(self, path) -> None:
-        """Writes the SAE in SAELens format (cfg.json + sae_weights.safetensors) to folder ``path``."""
+    def save(self, path, *, overwrite: bool = False) -> None:
+        """Writes the SAE in SAELens format (cfg.json + sae_weights.safetensors) to folder ``path``;
+        an existing SAE folder is replaced only with ``overwrite=True``."""
         from .formats import save
-        save(self, path)
+        save(self, path, overwrite=overwrite)
+
+    def extra_repr(self) -> str:
+        extra = f", k={self.k}" if self.k is not None else ""
+        return (f"d_in={self.d_in}, d_sae={self.d_sae}, activation={self.activation!r}{extra}, "
+                f"dtype={self.dtype}, device={self.device}")
 
     def __repr__(self) -> str:
-        extra = f", k={self.k}" if self.k is not None else ""
-        return (f"SAE(d_in={self.d_in}, d_sae={self.d_sae}, activation={self.activation!r}{extra}, "
-                f"dtype={self.dtype}, device={self.device})")
+        return f"SAE({self.extra_repr()})"

@@ -28,7 +28,9 @@ def describe(device: torch.device) -> Dict[str, Any]:
     out = {
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
+        "cpu_flags": info["cpu_features"],            # includes avx512_bf16, amx_tile, amx_bf16 when present
         "cpu_isa": info["cpu_isa"],
+        "bf16_inputs": "rounded to bf16" if info["cpu_bf16_inputs_rounded"] else "exact (widened to fp32)",
         "threads": info["num_threads"],
         "thread_pool": info["thread_pool"],
         "torch": torch.__version__,
@@ -40,13 +42,12 @@ def describe(device: torch.device) -> Dict[str, Any]:
     return out
 
 
-def fma_peak_gflops(seconds: float = 0.3) -> float:
-    """FMA throughput of all kernel threads at once, fp32, with the kernel variant in use."""
-    _C.fma_probe(10_000)
+def _probe_gflops(probe, seconds: float) -> float:
+    probe(10_000)
     iters = 100_000
     while True:
         t0 = time.perf_counter()
-        flops, _ = _C.fma_probe(iters)
+        flops, _ = probe(iters)
         dt = time.perf_counter() - t0
         if dt >= seconds / 3:
             break
@@ -54,9 +55,22 @@ def fma_peak_gflops(seconds: float = 0.3) -> float:
     best = dt
     for _ in range(2):
         t0 = time.perf_counter()
-        _C.fma_probe(iters)
+        probe(iters)
         best = min(best, time.perf_counter() - t0)
     return flops / best / 1e9
+
+
+def fma_peak_gflops(seconds: float = 0.3) -> float:
+    """FMA throughput of all kernel threads at once, fp32, with the kernel variant in use."""
+    return _probe_gflops(_C.fma_probe, seconds)
+
+
+def bf16_dot_peak_gflops(seconds: float = 0.3) -> Optional[float]:
+    """bf16 dot-product throughput (VDPBF16PS) of all kernel threads, or None where the kernel
+    variant in use has no bf16 dot products."""
+    if _C.bf16_dot_probe(1) is None:
+        return None
+    return _probe_gflops(_C.bf16_dot_probe, seconds)
 
 
 def copy_bandwidth_gbps(device: torch.device, mib: Optional[int] = None) -> float:
@@ -77,4 +91,7 @@ def ceilings(device: torch.device) -> Dict[str, float]:
     out = {"copy_gbps": copy_bandwidth_gbps(device)}
     if device.type == "cpu":
         out["fma_gflops"] = fma_peak_gflops()
+        bf16 = bf16_dot_peak_gflops()
+        if bf16 is not None:
+            out["bf16_dot_gflops"] = bf16
     return out

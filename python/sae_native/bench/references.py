@@ -177,8 +177,25 @@ def _saelens_steer(c: Case) -> Callable[[], object]:
     return run
 
 
+def _on_path(path: str) -> Callable[[Case], Callable[[], object]]:
+    """sae-native's encode forced onto one path (own kernels or vendor GEMM + epilogue)."""
+    def factory(c: Case) -> Callable[[], object]:
+        def run():
+            before = sn.set_encode_path(path)
+            try:
+                return c.sae.encode(c.w.x)
+            finally:
+                sn.set_encode_path(before)
+        return run
+    return factory
+
+
+# sae-native's encode on each path, beside the automatic choice (named OURS + ":" + path).
+PATHS = ("own", "gemm")
+
 IMPLEMENTATIONS: Dict[str, List[Tuple[str, Callable[[Case], Callable[[], object]]]]] = {
     "encode": [("sae_native", lambda c: (lambda: c.sae.encode(c.w.x))),
+               *((f"sae_native:{p}", _on_path(p)) for p in PATHS),
                ("dense", _dense_encode),
                ("matmul", lambda c: (lambda: c.xw @ c.w.W_enc)),
                ("faiss", _faiss),
@@ -216,7 +233,7 @@ def reference_names() -> List[str]:
     """Every reference's name (all implementations but sae_native)."""
     names: List[str] = []
     for impls in IMPLEMENTATIONS.values():
-        names += [n for n, _ in impls if n != "sae_native" and n not in names]
+        names += [n for n, _ in impls if not n.startswith("sae_native") and n not in names]
     return names
 
 
@@ -225,7 +242,7 @@ def callables(op: str, c: Case, refs: Optional[List[str]] = None) -> Tuple[Dict[
     all when None), and the skipped ones with reasons."""
     ready, skipped = {}, {}
     for name, factory in IMPLEMENTATIONS[op]:
-        if refs is not None and name != "sae_native" and name not in refs:
+        if refs is not None and not name.startswith("sae_native") and name not in refs:
             continue
         try:
             ready[name] = factory(c)

@@ -10,9 +10,11 @@ from .runner import OURS, BenchResult
 def machine_line(m: Dict[str, Any]) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
     peak = f", FMA peak {m['fma_gflops']:.0f} GFLOP/s" if "fma_gflops" in m else ""
-    return (f"{m['cpu']} ({m['cpus']} CPUs), cpu_isa={m['cpu_isa']}, threads={m['threads']}{gpu}, "
-            f"device={m['device']}, dtype={m['dtype']}, torch {m['torch']}, sae-native {m['sae_native']}; "
-            f"copy bandwidth {m['copy_gbps']:.0f} GB/s{peak}")
+    bf16 = f", bf16 dot peak {m['bf16_dot_gflops']:.0f} GFLOP/s" if "bf16_dot_gflops" in m else ""
+    flags = [f for f in m.get("cpu_flags", []) if f.startswith(("avx512", "amx"))]
+    return (f"{m['cpu']} ({m['cpus']} CPUs; {', '.join(flags) or 'no AVX-512/AMX'}), cpu_isa={m['cpu_isa']}, "
+            f"threads={m['threads']}{gpu}, device={m['device']}, weights {'/'.join(m['dtypes'])}, "
+            f"torch {m['torch']}, sae-native {m['sae_native']}; copy bandwidth {m['copy_gbps']:.0f} GB/s{peak}{bf16}")
 
 
 def _shape_label(r: Dict[str, Any]) -> str:
@@ -21,24 +23,25 @@ def _shape_label(r: Dict[str, Any]) -> str:
     return f"{s['N']}x{s['d_in']}->{s['d_sae']} {act}"
 
 
-COLUMNS = ["op", "shape", "impl", "median ms", "iqr ms", "tokens/s", "GFLOP/s", "GB/s", "% peak", "ours vs it",
+COLUMNS = ["op", "shape", "dtype", "impl", "median ms", "iqr ms", "tokens/s", "GFLOP/s", "GB/s", "% peak", "ours vs it",
            "peak MiB"]
 
 
 def rows(result: BenchResult) -> List[List[str]]:
     out = []
-    ours = {(r["op"], _shape_label(r)): r for r in result.records if r["impl"] == OURS}
+    ours = {(r["op"], _shape_label(r), r["dtype"]): r for r in result.records if r["impl"] == OURS}
     for r in result.records:
-        mine = ours.get((r["op"], _shape_label(r)))
+        mine = ours.get((r["op"], _shape_label(r), r["dtype"]))
         if r["impl"] == OURS:
             speed = ""
         elif mine is not None:
             speed = f"{mine['speedup_vs'][r['impl']]:.2f}x"
         else:
             speed = ""
-        pct = max(r.get("pct_fma_peak", 0.0), r["pct_bandwidth"])
+        pct = max(r.get("pct_bf16_dot_peak", r.get("pct_fma_peak", 0.0)), r["pct_bandwidth"])
         mem = "" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
-        out.append([r["op"], _shape_label(r), r["impl"], f"{r['median_ms']:.3f}", f"{r['iqr_ms']:.3f}",
+        impl = f"{r['impl']} ({r['encode_path']})" if "encode_path" in r else r["impl"]
+        out.append([r["op"], _shape_label(r), r["dtype"], impl, f"{r['median_ms']:.3f}", f"{r['iqr_ms']:.3f}",
                     f"{r['tokens_per_s']:.3g}", f"{r['gflops']:.1f}", f"{r['gbps']:.1f}", f"{pct:.0f}%", speed, mem])
     return out
 
@@ -59,10 +62,11 @@ def print_table(result: BenchResult, stream: TextIO) -> None:
         for c in COLUMNS:
             t.add_column(c, justify="left" if c in ("op", "shape", "impl") else "right")
         for r in table:
-            t.add_row(*r, style="bold" if r[2] == OURS else None)
+            t.add_row(*r, style="bold" if r[3].split(" ")[0] == OURS else None)
         Console(file=stream, width=160).print(t)
-    print("ours vs it: the reference's median time over ours (above 1: we are faster). % peak: the larger of "
-          "GFLOP/s over the FMA peak and GB/s over the copy bandwidth.", file=stream)
+    print("ours vs it: the reference's median time over ours (above 1: we are faster). sae_native (path): the "
+          "encode path auto chose; sae_native:own / :gemm force one. % peak: the larger of GFLOP/s over the "
+          "FMA peak (bf16 dot peak for bf16 weights on bf16 units) and GB/s over the copy bandwidth.", file=stream)
     for s in result.skipped:
         print(f"skipped {s['impl']} for {s['op']} {s['shape']}: {s['reason']}", file=stream)
 
@@ -79,7 +83,7 @@ def write_plot(result: BenchResult, path: str) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
     ours = [r for r in result.records if r["impl"] == OURS]
-    labels = [f"{r['op']}\n{_shape_label(r)}" for r in ours]
+    labels = [f"{r['op']}\n{_shape_label(r)}\n{r['dtype']}" for r in ours]
     refs = sorted({ref for r in ours for ref in r["speedup_vs"]})
     width = 0.8 / max(len(refs), 1)
     for i, ref in enumerate(refs):

@@ -48,7 +48,8 @@ def parse_shape(text: str, activation: str = "topk") -> Shape:
     except ValueError:
         vals = []
     if len(vals) not in (want, 4) or min(vals, default=0) < 1:
-        raise ValueError(f"--shape: expected N,d_in,d_sae,k with positive integers, got {text!r}")
+        form = "N,d_in,d_sae (a threshold SAE needs no k)" if activation == "jumprelu" else "N,d_in,d_sae,k"
+        raise ValueError(f"--shape: expected {form} with positive integers, got {text!r}")
     n, d_in, d_sae = vals[:3]
     k = vals[3] if activation == "topk" else None
     if k is not None and k > d_sae:

@@ -39,9 +39,25 @@ def detect(path: str) -> str:
                                   for n, m in FORMATS.items()))
 
 
-def save(sae, path) -> None:
-    """Writes `sae` in SAELens format (cfg.json + sae_weights.safetensors) to folder `path`."""
-    saelens.save(sae, os.fspath(path))
+FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".json", ".npz", ".ckpt")
+
+
+def save(sae, path, *, overwrite: bool = False) -> None:
+    """Writes `sae` in SAELens format (cfg.json + sae_weights.safetensors) to folder `path`.
+
+    A path that names a file (``x.safetensors``) is refused: the format is a folder. A folder that
+    already holds an SAE is replaced only with ``overwrite=True``."""
+    path = os.fspath(path)
+    if path.lower().endswith(FILE_SUFFIXES):
+        raise ValueError(f"path: {path!r} names a file, but an SAE is saved as a folder (cfg.json + "
+                         f"{saelens.WEIGHTS}); give a folder name such as {os.path.splitext(path)[0]!r}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"path: {path!r} exists and is not a folder")
+    held = [f for f in (saelens.CFG, saelens.WEIGHTS) if os.path.exists(os.path.join(path, f))]
+    if held and not overwrite:
+        raise FileExistsError(f"path: {path!r} already holds an SAE ({', '.join(held)}); pass overwrite=True to "
+                              f"replace it")
+    saelens.save(sae, path)
 
 
 __all__ = ["save", "detect", "FORMATS", "FormatError", "Spec"]

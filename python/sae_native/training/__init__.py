@@ -20,8 +20,9 @@ _RUN_OPTIONS = ("log_path", "checkpoint_dir", "checkpoint_every", "device", "res
 def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "topk", d_sae: int,
           k: Optional[int] = None, l1: Optional[float] = None, steps: Optional[int] = None, batch_size: int = 4096,
           lr: Optional[float] = None, seed: int = 0, progress: bool = True, **options):
-    """Trains an SAE on ``activations`` (a tensor [N, d_in], or an iterable of [n, d_in] batches,
-    e.g. ``stream_activations(model, site, token_batches)``) and returns it as an sn.SAE.
+    """Trains an SAE on ``activations`` (a tensor [N, d_in], an sn.ActivationStore, or an iterable
+    of [n, d_in] batches, e.g. ``stream_activations(model, site, token_batches)``) and returns it
+    as an sn.SAE.
 
     Options: every TrainConfig field (warmup_steps, decay_from, auxk_coef, dead_tokens,
     normalize_decoder, bandwidth, init_threshold, weight_dtype, log_every), and ``log_path``
@@ -37,6 +38,10 @@ def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "
     cfg = TrainConfig(architecture=architecture, d_sae=d_sae, k=k, l1=l1, steps=steps, batch_size=batch_size, lr=lr,
                       seed=seed, **options).validate()
     device = run.get("device", "cpu")
+    from ..store import ActivationStore
+    if isinstance(activations, ActivationStore):
+        # Shuffled across shards, seeded; one pass unless `steps` asks for more.
+        activations = activations.batches(batch_size, seed=seed, epochs=None if cfg.steps else 1)
     if run.get("resume"):
         trainer = Trainer.from_checkpoint(run["resume"], device=device)
         trainer.cfg.steps = cfg.steps or trainer.cfg.steps

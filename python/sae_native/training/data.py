@@ -68,10 +68,6 @@ class IterableBatches:
         return out
 
 
-class _StopForward(Exception):
-    pass
-
-
 def stream_activations(model: nn.Module, site, token_batches: Iterable, *, batch_size: int = 4096,
                        buffer_tokens: int = 262_144, seed: int = 0, skip_first: int = 1,
                        device=None) -> Iterator[Tensor]:
@@ -81,30 +77,14 @@ def stream_activations(model: nn.Module, site, token_batches: Iterable, *, batch
     stops at the site (later layers are not computed). ``skip_first`` drops each sequence's first
     positions (the BOS token's activations are outliers); padding (attention_mask 0) is dropped.
     """
-    from ..hooks import resolve_site, split_output
-    module = resolve_site(model, site)
-    captured: list = []
-
-    def hook(mod, args, output):
-        captured.append(split_output(output)[0].detach())
-        raise _StopForward
-
+    from ..hooks import SiteCapture
     g = torch.Generator().manual_seed(seed)
     buffer: list = []
     rows = 0
-    handle = module.register_forward_hook(hook)
-    try:
+    with SiteCapture(model, [site]) as capture:
         for item in token_batches:
             inputs = item if isinstance(item, dict) else {"input_ids": item}
-            captured.clear()
-            with torch.no_grad():
-                try:
-                    model(**inputs)
-                except _StopForward:
-                    pass
-            if not captured:
-                raise RuntimeError(f"stream_activations: the model never ran the site {site!r}")
-            hidden = captured[0]
+            hidden = capture(inputs)[site]
             mask = inputs.get("attention_mask")
             keep = torch.ones(hidden.shape[:2], dtype=torch.bool) if mask is None else mask.bool().cpu().clone()
             keep[:, :skip_first] = False
@@ -119,8 +99,6 @@ def stream_activations(model: nn.Module, site, token_batches: Iterable, *, batch
                     yield data[i:i + batch_size]
                 emitted = (half // batch_size) * batch_size
                 buffer, rows = [data[emitted:]], data.shape[0] - emitted
-    finally:
-        handle.remove()
     if rows:
         data = torch.cat(buffer)
         data = data[torch.randperm(data.shape[0], generator=g).to(data.device)]

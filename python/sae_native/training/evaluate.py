@@ -11,7 +11,10 @@ from torch import Tensor, nn
 def evaluate(sae, activations, *, batch_size: int = 4096) -> Dict[str, float]:
     """``fvu`` (fraction of variance unexplained), ``l0`` (mean active latents per token),
     ``dead_fraction`` (latents that never fire on these activations), ``mse`` per element, over a
-    tensor [N, d_in] or an iterable of such batches."""
+    tensor [N, d_in], an sn.ActivationStore, or an iterable of such batches."""
+    from ..store import ActivationStore
+    if isinstance(activations, ActivationStore):
+        activations = activations.batches(batch_size, shuffle=False)
     batches = activations.split(batch_size) if isinstance(activations, Tensor) else activations
     err = total = l0 = 0.0
     n = 0

@@ -263,7 +263,7 @@ class Trainer:
         """The SAE in SAELens format (with firing frequencies in sparsity.safetensors), plus
         training_state.pt and training_config.json for resuming."""
         os.makedirs(path, exist_ok=True)
-        self.sae().save(path)
+        self.sae().save(path, overwrite=True)   # a checkpoint folder is rewritten
         torch.save(self.state_dict(), os.path.join(path, STATE_FILE))
         with open(os.path.join(path, CONFIG_FILE), "w") as f:
             json.dump(self.cfg.to_dict(), f, indent=1)

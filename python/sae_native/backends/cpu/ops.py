@@ -7,10 +7,12 @@ the report costs nothing here, so it is raised on whatever the op's ``check`` sa
 from __future__ import annotations
 
 
+
 import torch
 from torch import Tensor
 
 from ... import _C
+from .. import encode_paths, gemm_path
 from .. import native_args as na
 from ..contract import (DecodeArgs, EncodeArgs, PackArgs, SparseDotArgs, SparseOuterArgs, SteerCodesArgs,
                         SteerThresholdArgs, fail, features_reported, indices_reported)
@@ -41,7 +43,7 @@ def _packed(op: str, a: EncodeArgs) -> Tensor:
     return a.packed
 
 
-# ---- encode ---------------------------------------------------------------------------------------------------
+# ---- encode: the own fused kernels (csrc/encode.h) or MKL/oneDNN + the epilogue (gemm_path.py) -----------
 
 def _encode_k(op: str, native, a: EncodeArgs):
     n = a.x.shape[0]
@@ -53,15 +55,7 @@ def _encode_k(op: str, native, a: EncodeArgs):
     return values, indices
 
 
-def encode_topk(a: EncodeArgs):
-    return _encode_k("encode_topk", _C.encode_topk, a)
-
-
-def encode_groupmax(a: EncodeArgs):
-    return _encode_k("encode_groupmax", _C.encode_groupmax, a)
-
-
-def encode_threshold(a: EncodeArgs):
+def _own_threshold(a: EncodeArgs):
     n = a.x.shape[0]
     packed = _packed("encode_threshold", a)
     result = _C.encode_threshold(x=na.mat(_C, a.x), w=na.laid_out(_C, packed, a.W_enc),
@@ -73,6 +67,27 @@ def encode_threshold(a: EncodeArgs):
     counts = torch.empty(n, dtype=torch.int64)
     result.write(width, values.data_ptr(), indices.data_ptr(), counts.data_ptr())
     return values, indices, counts
+
+
+def _on_path(op: str, kind: str, own, a: EncodeArgs):
+    """``a`` encoded by the own kernel or the GEMM path, as encode_paths picks. The choice's probe
+    times the own kernel on W_enc packed once, as an SAE object holds it."""
+    def prepared(probe: EncodeArgs) -> EncodeArgs:
+        return probe if probe.packed is not None else probe._replace(packed=_packed(op, probe))
+    return encode_paths.run("cpu", op, a, own, lambda b, blocking: gemm_path.encode(_C, kind, b, blocking),
+                            context=f"isa={_C.cpu_isa()}|threads={_C.num_threads()}", prepare=prepared)
+
+
+def encode_topk(a: EncodeArgs):
+    return _on_path("encode_topk", "topk", lambda b: _encode_k("encode_topk", _C.encode_topk, b), a)
+
+
+def encode_groupmax(a: EncodeArgs):
+    return _on_path("encode_groupmax", "groupmax", lambda b: _encode_k("encode_groupmax", _C.encode_groupmax, b), a)
+
+
+def encode_threshold(a: EncodeArgs):
+    return _on_path("encode_threshold", "threshold", _own_threshold, a)
 
 
 # ---- gathers and scatters over codes -----------------------------------------------------------------------------

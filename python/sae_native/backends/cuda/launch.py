@@ -6,6 +6,12 @@ kernels, on what stream and for what device. ``ops.py`` passes ``sae_native._cud
 current stream; the tests also pass the CPU emulator's build of the same kernel sources
 (tests/cuda_emu) with CPU tensors, so every line below runs on a machine without a GPU too.
 
+Two encode paths (backends/encode_paths.py's setting): the fused kernels (``own``: WMMA / SIMT
+tiles filtered in shared memory) and, the default until a GPU measurement says otherwise, cuBLAS
+(``torch.mm`` with fp32 output) into a bounded buffer of pre-activations, then the same epilogues
+reading that buffer (``gemm``). fp32 weights stay on the fused kernels while torch allows TF32
+matmuls (cuBLAS would round the operands to TF32).
+
 What differs from the CPU backend:
 - With 16-bit weights, ``u = x - b_dec`` is rounded to the weights' dtype and multiplied on tensor
   cores with fp32 accumulation (as torch's own bf16 matmul does); fp32 weights use fp32 FMAs.
@@ -26,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..._dtypes import dtype_code
-from .. import default
+from .. import default, encode_paths
 from .. import native_args as na
 from ..contract import (DecodeArgs, EncodeArgs, SparseDotArgs, SparseOuterArgs, SteerCodesArgs, SteerThresholdArgs,
                         fail, features_reported, indices_reported)
@@ -100,8 +106,65 @@ def _vec_ok(u: Tensor, W: Tensor) -> bool:
         u.data_ptr() % 16 == 0 and W.data_ptr() % 16 == 0
 
 
+def _tf32_allowed() -> bool:
+    return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
+
+
+def use_gemm(a: EncodeArgs) -> bool:
+    """The cuBLAS path for this encode: the setting is not "own", and cuBLAS would keep the contract
+    (fp32 products: no TF32 for fp32 weights)."""
+    if encode_paths.setting() == "own" or not _fused(a):
+        return False
+    return a.W_enc.dtype != torch.float32 or a.x.device.type != "cuda" or not _tf32_allowed()
+
+
+def _gemm(u: Tensor, W: Tensor, out: Tensor) -> None:
+    """out = u @ W, float32, exact products: cuBLAS with fp32 output for 16-bit operands on a GPU;
+    elsewhere (the emulator's CPU tensors) the same products widened to fp32."""
+    if u.device.type == "cuda" and W.dtype in _TENSOR_CORE:
+        torch.mm(u, W, out_dtype=torch.float32, out=out)
+    else:
+        torch.mm(u.float(), W.float(), out=out)
+
+
+def _gemm_blocks(rt: Runtime, a: EncodeArgs, op: str):
+    """(u, W, rows per GEMM, the pre-activation buffer) of the cuBLAS path."""
+    W = _weights(op, a)
+    u = _encoder_input(a.x, a.b_dec, W)
+    rows = launch_plan.gemm_rows(u.shape[0], W.shape[1])
+    return u, W, rows, rt.empty(rows, W.shape[1], dtype=torch.float32, device=u.device)
+
+
+def _encode_topk_gemm(rt: Runtime, a: EncodeArgs):
+    n, d_sae = a.x.shape[0], a.W_enc.shape[1]
+    plan = launch_plan.topk_plan(launch_plan.gemm_rows(n, d_sae), d_sae, a.k, rt.device(launch_plan.EPILOGUE))
+    if plan is None:
+        return _torch_encode(a, default.encode_topk)
+    u, W, rows, pre = _gemm_blocks(rt, a, "encode_topk")
+    cand = rt.empty(n, plan.candidates, dtype=torch.int64, device=u.device)   # uint64 keys
+    for r0 in range(0, n, rows):
+        block = pre[:min(rows, n - r0)]
+        _gemm(u[r0:r0 + block.shape[0]], W, block)
+        rt.lib.epilogue_topk(pre=na.mat(rt.lib, block), b_enc=a.b_enc.data_ptr(), k=a.k, cap=plan.cap,
+                             chunk_latents=plan.grid.chunk_latents, chunks=plan.grid.chunks,
+                             cand=cand[r0].data_ptr(), stream=rt.stream)
+    return _sorted_topk(rt, a, cand, plan)
+
+
+def _sorted_topk(rt: Runtime, a: EncodeArgs, cand: Tensor, plan):
+    n = a.x.shape[0]
+    values = rt.empty(n, a.k, dtype=a.x.dtype, device=cand.device)
+    indices = rt.empty(n, a.k, dtype=torch.int64, device=cand.device)
+    rt.lib.sort_rows(n=n, keys=cand.data_ptr(), row_stride=plan.candidates, m=plan.candidates, counts=0,
+                     size=plan.sort_size, width=a.k, relu=True, values=values.data_ptr(),
+                     indices=indices.data_ptr(), stream=rt.stream)
+    return values, indices
+
+
 def encode_topk(rt: Runtime, a: EncodeArgs):
     n, d_sae = a.x.shape[0], a.W_enc.shape[1]
+    if n > 0 and use_gemm(a):
+        return _encode_topk_gemm(rt, a)
     plan = launch_plan.topk_plan(n, d_sae, a.k, rt.device(dtype_code(a.W_enc.dtype))) if _fused(a) else None
     if plan is None or n == 0:
         return _torch_encode(a, default.encode_topk)
@@ -111,12 +174,7 @@ def encode_topk(rt: Runtime, a: EncodeArgs):
     rt.lib.encode_topk(u=na.mat(rt.lib, u), w=na.mat(rt.lib, W), b_enc=a.b_enc.data_ptr(), k=a.k, cap=plan.cap,
                        chunk_latents=plan.grid.chunk_latents, chunks=plan.grid.chunks, vec=_vec_ok(u, W),
                        cand=cand.data_ptr(), stream=rt.stream)
-    values = rt.empty(n, a.k, dtype=a.x.dtype, device=u.device)
-    indices = rt.empty(n, a.k, dtype=torch.int64, device=u.device)
-    rt.lib.sort_rows(n=n, keys=cand.data_ptr(), row_stride=plan.candidates, m=plan.candidates, counts=0,
-                     size=plan.sort_size, width=a.k, relu=True, values=values.data_ptr(),
-                     indices=indices.data_ptr(), stream=rt.stream)
-    return values, indices
+    return _sorted_topk(rt, a, cand, plan)
 
 
 def encode_groupmax(rt: Runtime, a: EncodeArgs):
@@ -125,21 +183,37 @@ def encode_groupmax(rt: Runtime, a: EncodeArgs):
 
 def encode_threshold(rt: Runtime, a: EncodeArgs):
     n, d_sae = a.x.shape[0], a.W_enc.shape[1]
-    grid = launch_plan.threshold_grid(n, d_sae, rt.device(dtype_code(a.W_enc.dtype))) if _fused(a) else None
+    gemm = n > 0 and use_gemm(a)
+    code = launch_plan.EPILOGUE if gemm else dtype_code(a.W_enc.dtype)
+    rows = launch_plan.gemm_rows(n, d_sae) if gemm else n
+    grid = launch_plan.threshold_grid(rows, d_sae, rt.device(code)) if _fused(a) else None
     if grid is None or n == 0:
         return _torch_encode(a, default.encode_threshold)
-    W = _weights("encode_threshold", a)
-    u = _encoder_input(a.x, a.b_dec, W)
+    if gemm:
+        u, W, rows, pre = _gemm_blocks(rt, a, "encode_threshold")
+    else:
+        W = _weights("encode_threshold", a)
+        u = _encoder_input(a.x, a.b_dec, W)
     cap = launch_plan.threshold_cap(d_sae)
     while True:
         counts = torch.zeros(n, dtype=torch.int64, device=u.device)
         hits = rt.empty(n, cap, dtype=torch.int64, device=u.device)   # uint64 keys
         # uint64 per row, all ones: no non-finite latent yet (the kernel keeps the lowest one)
         nonfinite = torch.full((n,), -1, dtype=torch.int64, device=u.device) if a.compact_nonfinite else None
-        rt.lib.encode_threshold(u=na.mat(rt.lib, u), w=na.mat(rt.lib, W), b_enc=a.b_enc.data_ptr(),
-                                threshold=na.ptr(a.threshold), cap=cap, chunk_latents=grid.chunk_latents,
-                                chunks=grid.chunks, vec=_vec_ok(u, W), counts=counts.data_ptr(),
-                                hits=hits.data_ptr(), nonfinite=na.ptr(nonfinite), stream=rt.stream)
+        if gemm:
+            for r0 in range(0, n, rows):
+                block = pre[:min(rows, n - r0)]
+                _gemm(u[r0:r0 + block.shape[0]], W, block)
+                rt.lib.epilogue_threshold(pre=na.mat(rt.lib, block), b_enc=a.b_enc.data_ptr(),
+                                          threshold=na.ptr(a.threshold), cap=cap, chunk_latents=grid.chunk_latents,
+                                          chunks=grid.chunks, counts=counts[r0].data_ptr(), hits=hits[r0].data_ptr(),
+                                          nonfinite=0 if nonfinite is None else nonfinite[r0].data_ptr(),
+                                          stream=rt.stream)
+        else:
+            rt.lib.encode_threshold(u=na.mat(rt.lib, u), w=na.mat(rt.lib, W), b_enc=a.b_enc.data_ptr(),
+                                    threshold=na.ptr(a.threshold), cap=cap, chunk_latents=grid.chunk_latents,
+                                    chunks=grid.chunks, vec=_vec_ok(u, W), counts=counts.data_ptr(),
+                                    hits=hits.data_ptr(), nonfinite=na.ptr(nonfinite), stream=rt.stream)
         width = int(counts.max())  # synchronises: the codes' width is the batch's largest count
         if width <= cap:
             break

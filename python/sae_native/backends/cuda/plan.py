@@ -21,6 +21,19 @@ SORT_MAX = 8192            # keys one block sorts per row
 MAX_FUSED_K = CAPS[-1] - 32
 
 
+# The pseudo weight dtype code of the cuBLAS path's epilogue kernels (cuda/launch.h kEpilogueDtype):
+# query_device(lib, EPILOGUE) gives their occupancy.
+EPILOGUE = -1
+# Pre-activations the cuBLAS path holds at once (floats): blocks of rows x all latents, 256 MiB.
+GEMM_BUFFER_FLOATS = 2 ** 26
+
+
+def gemm_rows(n: int, d_sae: int) -> int:
+    """Rows per GEMM of the cuBLAS path: as many as fit GEMM_BUFFER_FLOATS, whole CTA row blocks."""
+    rows = max(1, min(n, GEMM_BUFFER_FLOATS // max(d_sae, 1)))
+    return rows if rows < TILE_M or rows == n else rows // TILE_M * TILE_M
+
+
 def next_pow2(x: int) -> int:
     return 1 if x <= 1 else 1 << (x - 1).bit_length()
 
