@@ -123,7 +123,8 @@ def test_bad_arguments_are_named(store_dir, tmp_path):
     for kwargs, msg in ((dict(batch_size=0), "batch_size: expected an int >= 1"),
                         (dict(batch_size=4, rank=3, world_size=3), r"rank: expected an int in \[0, 3\)"),
                         (dict(batch_size=4, epochs=0), "epochs: expected an int >= 1 or None"),
-                        (dict(batch_size=4, buffer_mb=0), "buffer_mb: expected a positive size")):
+                        (dict(batch_size=4, buffer_mb=0), "buffer_mb: expected a positive size"),
+                        (dict(batch_size=4, dtype=torch.int8), "dtype: expected a floating torch dtype")):
         with pytest.raises(ValueError, match=msg):
             next(store.batches(site=SITES[0], **kwargs))
     with pytest.raises(ValueError, match="site: the store holds 2 sites"):

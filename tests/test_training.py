@@ -130,12 +130,42 @@ def test_config_and_argument_errors():
         sn.train(x, d_sae=16, k=2, l1=1.0, progress=False)
     with pytest.raises(TypeError, match="train: unknown option"):
         sn.train(x, d_sae=16, k=2, momentum=0.9, progress=False)
-    with pytest.raises(ValueError, match="steps: required when activations is an iterable"):
+    with pytest.raises(ValueError, match="steps or tokens: required when activations is an iterable"):
         sn.train(iter([x]), d_sae=16, k=2, progress=False)
     with pytest.raises(ValueError, match=r"activations: expected a floating tensor \[N, d_in\]"):
         sn.train(torch.ones(10, 4, dtype=torch.int64), d_sae=16, k=2, progress=False)
     with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
         sn.train(x, d_sae=16, k=2, batch_size=0, progress=False)
+
+
+def test_the_budget_in_tokens_and_the_default_budget():
+    cfg = lambda **kw: sn.TrainConfig(d_sae=8, k=2, batch_size=100, **kw).validate()   # noqa: E731
+    assert cfg(tokens=1050).total_steps(10 ** 6) == 11
+    assert cfg().total_steps(500) == 1000           # a small tensor: several passes, at least 1000 steps
+    assert cfg().total_steps(10 ** 6) == 10_000     # a large one: one pass
+    assert cfg(steps=7).total_steps(10 ** 6) == 7
+    with pytest.raises(ValueError, match="steps and tokens: give one of them"):
+        cfg(steps=3, tokens=10)
+    with pytest.raises(ValueError, match="tokens: expected an int >= 1"):
+        cfg(tokens=0)
+    x, _ = toy(n_feat=32, d=8, n=600)
+    trainer = sn.Trainer(8, sn.TrainConfig(d_sae=16, k=2, batch_size=64, tokens=640))
+    with pytest.warns(UserWarning, match="too short"):
+        trainer.fit(x, progress=False)
+    assert trainer.step_count == 10 and trainer.tokens == 640
+
+
+def test_the_end_of_a_run_reports_and_warns_when_too_short(capsys):
+    x, _ = toy(n_feat=64, d=16, n=4096)
+    with pytest.warns(UserWarning, match="the run looks too short to have converged"):
+        sn.train(x, d_sae=48, k=4, batch_size=256, steps=5, progress=True)
+    err = capsys.readouterr().err
+    assert "trained 5 steps (1,280 tokens): FVU" in err and "L0 4.0" in err and "dead" in err
+    # Long enough on this easy data: no warning.
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sn.train(x, d_sae=48, k=4, batch_size=256, steps=400, progress=False)
 
 
 def test_stream_activations_from_a_model():

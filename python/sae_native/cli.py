@@ -211,8 +211,8 @@ def _train(args, parser) -> int:
                                                       "weight_dtype", "log_every") if getattr(args, name) is not None}
     try:
         cfg = training.TrainConfig(architecture=args.architecture, d_sae=args.d_sae, k=args.k, l1=args.l1,
-                                   steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                   **options).validate()
+                                   steps=args.steps, tokens=args.tokens, batch_size=args.batch_size, lr=args.lr,
+                                   seed=args.seed, **options).validate()
     except ValueError as e:
         parser.error(str(e))
     if args.activations:
@@ -223,8 +223,8 @@ def _train(args, parser) -> int:
     else:
         if not os.path.isfile(args.texts):
             parser.error(f"--texts: {args.texts}: no such file")
-        if cfg.steps is None:
-            parser.error("--steps: required with --model (the activations stream has no known length)")
+        if cfg.steps is None and cfg.tokens is None:
+            parser.error("--steps or --tokens: required with --model (the activations stream has no known length)")
         model, tok = load_model(args.model)
         with open(args.texts) as f:
             texts = [line.strip() for line in f if line.strip()]
@@ -430,7 +430,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     arch.add_argument("--k", type=int, help="active latents per token (topk)")
     arch.add_argument("--l1", type=float, help="sparsity coefficient: L1 (relu, default 5) or L0 (jumprelu, 0.01)")
     opt = train.add_argument_group("optimization")
-    opt.add_argument("--steps", type=int, help="optimizer steps (default: one pass over --activations)")
+    opt.add_argument("--steps", type=int, help="optimizer steps (default: one pass over --activations, at least 1000)")
+    opt.add_argument("--tokens", type=int, help="the training budget in tokens, instead of --steps")
     opt.add_argument("--batch-size", type=int, default=4096, help="tokens per step (default 4096)")
     opt.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4 / sqrt(d_sae / 16384))")
     opt.add_argument("--seed", type=int, default=0)

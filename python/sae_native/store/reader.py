@@ -110,8 +110,10 @@ class ActivationStore:
             raise ValueError(f"rank: expected an int in [0, {world_size}), got {rank!r}")
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise ValueError(f"epochs: expected an int >= 1 or None (forever), got {epochs!r}")
-        if not buffer_mb > 0:
+        if not isinstance(buffer_mb, (int, float)) or isinstance(buffer_mb, bool) or not buffer_mb > 0:
             raise ValueError(f"buffer_mb: expected a positive size, got {buffer_mb!r}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype: expected a floating torch dtype, got {dtype!r}")
         pieces = self._pieces(rank, world_size)
         if not pieces:
             raise ValueError(f"the store holds {self.n_tokens} rows: none for rank {rank} of {world_size}")

@@ -18,11 +18,14 @@ _RUN_OPTIONS = ("log_path", "checkpoint_dir", "checkpoint_every", "device", "res
 
 
 def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "topk", d_sae: int,
-          k: Optional[int] = None, l1: Optional[float] = None, steps: Optional[int] = None, batch_size: int = 4096,
-          lr: Optional[float] = None, seed: int = 0, progress: bool = True, **options):
+          k: Optional[int] = None, l1: Optional[float] = None, steps: Optional[int] = None,
+          tokens: Optional[int] = None, batch_size: int = 4096, lr: Optional[float] = None, seed: int = 0,
+          progress: bool = True, **options):
     """Trains an SAE on ``activations`` (a tensor [N, d_in], an sn.ActivationStore, or an iterable
     of [n, d_in] batches, e.g. ``stream_activations(model, site, token_batches)``) and returns it
-    as an sn.SAE.
+    as an sn.SAE. The budget is ``steps`` or ``tokens``; without either, one pass over a tensor or
+    store but at least 1000 steps. The end of the run prints FVU, L0 and the dead fraction (with
+    ``progress``) and warns when the run looks too short to have converged.
 
     Options: every TrainConfig field (warmup_steps, decay_from, auxk_coef, dead_tokens,
     normalize_decoder, bandwidth, init_threshold, weight_dtype, log_every), and ``log_path``
@@ -35,16 +38,19 @@ def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "
     if unknown:
         raise TypeError(f"train: unknown option(s) {', '.join(unknown)}; expected TrainConfig fields or "
                         f"{', '.join(_RUN_OPTIONS)}")
-    cfg = TrainConfig(architecture=architecture, d_sae=d_sae, k=k, l1=l1, steps=steps, batch_size=batch_size, lr=lr,
-                      seed=seed, **options).validate()
+    cfg = TrainConfig(architecture=architecture, d_sae=d_sae, k=k, l1=l1, steps=steps, tokens=tokens,
+                      batch_size=batch_size, lr=lr, seed=seed, **options).validate()
     device = run.get("device", "cpu")
     from ..store import ActivationStore
+    n_rows = (activations.shape[0] if isinstance(activations, Tensor) else
+              len(activations) if isinstance(activations, ActivationStore) else None)
     if isinstance(activations, ActivationStore):
-        # Shuffled across shards, seeded; one pass unless `steps` asks for more.
-        activations = activations.batches(batch_size, seed=seed, epochs=None if cfg.steps else 1)
+        # Shuffled across shards, seeded, epoch after epoch for as many steps as the budget asks.
+        activations = activations.batches(batch_size, seed=seed, epochs=None)
     if run.get("resume"):
         trainer = Trainer.from_checkpoint(run["resume"], device=device)
-        trainer.cfg.steps = cfg.steps or trainer.cfg.steps
+        if cfg.steps or cfg.tokens:
+            trainer.cfg.steps, trainer.cfg.tokens = cfg.steps, cfg.tokens
     else:
         if isinstance(activations, Tensor):
             data = TensorBatches(activations, batch_size, seed)
@@ -58,7 +64,7 @@ def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "
             data.pending, data.pending_rows = [first], first.shape[0]
         trainer = Trainer(d_in, cfg, device=device)
         activations = data
-    return trainer.fit(activations, trainer.cfg.steps, progress=progress, log_path=run.get("log_path"),
+    return trainer.fit(activations, trainer.cfg.total_steps(n_rows), progress=progress, log_path=run.get("log_path"),
                        checkpoint_dir=run.get("checkpoint_dir"), checkpoint_every=run.get("checkpoint_every"))
 
 

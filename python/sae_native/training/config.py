@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional
 
 ARCHITECTURES = ("topk", "relu", "jumprelu")
+# The fewest steps a default budget gives: one pass over 60k activations at batch 4096 is 15 steps,
+# far from converged (recovery 0.44 on synthetic superposition data, 0.99 after 2000 steps).
+MIN_DEFAULT_STEPS = 1000
 
 
 @dataclass
@@ -18,7 +21,10 @@ class TrainConfig:
     d_sae         number of latents
     k             active latents per token (topk)
     l1            sparsity coefficient: L1 for relu (default 5.0), L0 for jumprelu (default 1e-2)
-    steps         optimizer steps (default: one pass over a tensor of activations)
+    steps         optimizer steps; or
+    tokens        the training budget in tokens (steps = tokens / batch_size). With neither: one
+                  pass over a tensor or store of activations, but at least 1000 steps (several
+                  passes over a small tensor); an iterable of unknown length needs one of them
     batch_size    tokens per step
     lr            Adam learning rate (default: 2e-4 / sqrt(d_sae / 16384), Gao et al.'s scaling)
     seed          weights, data order and everything random
@@ -41,6 +47,7 @@ class TrainConfig:
     k: Optional[int] = None
     l1: Optional[float] = None
     steps: Optional[int] = None
+    tokens: Optional[int] = None
     batch_size: int = 4096
     lr: Optional[float] = None
     seed: int = 0
@@ -73,6 +80,11 @@ class TrainConfig:
             raise ValueError(f"l1: expected a number >= 0, got {self.l1!r}")
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
             raise ValueError(f"steps: expected an int >= 1, got {self.steps!r}")
+        if self.tokens is not None and (isinstance(self.tokens, bool) or not isinstance(self.tokens, int)
+                                        or self.tokens < 1):
+            raise ValueError(f"tokens: expected an int >= 1, got {self.tokens!r}")
+        if self.steps is not None and self.tokens is not None:
+            raise ValueError(f"steps and tokens: give one of them (steps={self.steps}, tokens={self.tokens})")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
         if not 0 < self.decay_from <= 1:
@@ -99,6 +111,18 @@ class TrainConfig:
     @property
     def unit_decoder(self) -> bool:
         return self.architecture != "relu" if self.normalize_decoder is None else bool(self.normalize_decoder)
+
+    def total_steps(self, n_rows: Optional[int] = None) -> int:
+        """The run's steps: ``steps``, else ``tokens / batch_size``, else one pass over ``n_rows``
+        activations with at least MIN_DEFAULT_STEPS."""
+        if self.steps is not None:
+            return self.steps
+        if self.tokens is not None:
+            return max(1, math.ceil(self.tokens / self.batch_size))
+        if n_rows is None:
+            raise ValueError("steps or tokens: required when activations is an iterable of unknown length "
+                             "(the lr schedule needs the total)")
+        return max(math.ceil(n_rows / self.batch_size), MIN_DEFAULT_STEPS)
 
     def warmup(self, steps: int) -> int:
         return self.warmup_steps if self.warmup_steps is not None else min(1000, max(1, steps // 100))

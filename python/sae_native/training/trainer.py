@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
-from typing import Any, Dict, Iterable, Optional, Union
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -179,11 +181,7 @@ class Trainer:
         elif not isinstance(data, (TensorBatches, IterableBatches)):
             data = IterableBatches(data, cfg.batch_size)
         if steps is None:
-            steps = cfg.steps
-        if steps is None:
-            if not isinstance(data, TensorBatches):
-                raise ValueError("steps: required when activations is an iterable (the lr schedule needs the total)")
-            steps = data.per_epoch
+            steps = cfg.total_steps(data.acts.shape[0] if isinstance(data, TensorBatches) else None)
         bar = None
         if progress:
             try:
@@ -194,12 +192,14 @@ class Trainer:
         log = open(log_path, "a") if log_path else None
         t0 = time.perf_counter()
         stop = steps if until is None else min(until, steps)
+        losses, m = [], None
         try:
             while self.step_count < stop:
                 batch = data.batch(self.step_count) if isinstance(data, TensorBatches) else data.next()
                 if batch is None:
                     break
                 m = self.step(batch, steps)
+                losses.append(m["loss"])
                 if bar is not None:
                     bar.update(1)
                 if self.step_count % cfg.log_every == 0 or self.step_count == steps:
@@ -219,7 +219,35 @@ class Trainer:
                 log.close()
         if checkpoint_dir:
             self.save_checkpoint(checkpoint_dir)
+        if m is not None and until is None:
+            self._report(m, losses, progress)
         return self.sae()
+
+    def _report(self, m: Dict[str, float], losses: List[float], progress: bool) -> None:
+        """The end of a run: FVU, L0 and dead fraction (printed with ``progress``), and a warning
+        when the run looks too short to have converged."""
+        dead = m["dead"] / self.cfg.d_sae
+        if progress:
+            print(f"trained {self.step_count} steps ({self.tokens:,} tokens): FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, "
+                  f"dead {dead:.1%} (on the last batch)", file=sys.stderr)
+        why = []
+        tail = max(1, len(losses) // 10)
+        if len(losses) >= 20:
+            late, before = sum(losses[-tail:]) / tail, sum(losses[-2 * tail:-tail]) / tail
+            if before > 0 and (before - late) / before > 0.05:
+                why.append(f"the loss still fell {100 * (before - late) / before:.0f}% over the last tenth of the run")
+        elif losses:
+            why.append(f"only {len(losses)} steps ran")
+        if m["fvu"] > 0.5 and self.cfg.architecture == "topk":
+            # (relu / jumprelu trade FVU for sparsity through their coefficient: high FVU there can
+            # be the setting, not the budget)
+            why.append(f"FVU {m['fvu']:.2f} is high")
+        if dead > 0.5:
+            why.append(f"{dead:.0%} of the latents are dead")
+        if why:
+            warnings.warn(f"sn.train: the run looks too short to have converged ({'; '.join(why)}); give a larger "
+                          f"budget with tokens= or steps= (this run: {self.tokens:,} tokens, {self.step_count} steps)",
+                          stacklevel=3)
 
     # ---- results and checkpoints -----------------------------------------------------------
     def sae(self):
