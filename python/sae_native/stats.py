@@ -100,13 +100,8 @@ def feature_stats(model: torch.nn.Module, site, sae, batches: Iterable, *, top_e
             "sum": torch.zeros(d_sae, dtype=torch.float64, device=device)}
     top = TopExamples(d_sae, top_examples, device) if top_examples else None
     n_tokens, n_texts = 0, 0
-    iterator = batches
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-            iterator = tqdm(batches, desc="feature_stats", unit="batch")
-        except ImportError:
-            pass
+    from ._progress import wrap
+    iterator = wrap(batches, progress, desc="feature_stats", unit="batch")
     with torch.no_grad(), record(model, site, sae) as rec:
         for batch in iterator:
             inputs = batch if isinstance(batch, dict) else {"input_ids": batch}

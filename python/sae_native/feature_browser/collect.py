@@ -57,13 +57,8 @@ def collect(model: torch.nn.Module, site, sae, batches: Iterable[Tensor], *, pro
 
     rows, tok, feat, val = [], [], [], []
     seq, n_rows = None, 0
-    iterator = batches
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-            iterator = tqdm(batches, desc="dashboard", unit="batch", total=total)
-        except ImportError:
-            pass
+    from .._progress import wrap
+    iterator = wrap(batches, progress, desc="dashboard", unit="batch", total=total)
     with torch.no_grad(), record(model, site, sae) as rec:
         for n, ids in enumerate(iterator):
             if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point or ids.numel() == 0:

@@ -77,13 +77,8 @@ def cfg_number(cfg: Dict[str, Any], key: str, where: str, positive: bool = False
 def _bar(total: int, enabled: Optional[bool], nbytes: int, desc: str):
     if enabled is None:
         enabled = nbytes > PROGRESS_BYTES
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="tensor")
+    from .._progress import bar
+    return bar(enabled, total=total, desc=desc, unit="tensor")
 
 
 def read_safetensors(path: str, names: Optional[Iterable[str]] = None, progress: Optional[bool] = None

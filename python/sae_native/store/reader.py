@@ -119,14 +119,9 @@ class ActivationStore:
             raise ValueError(f"the store holds {self.n_tokens} rows: none for rank {rank} of {world_size}")
         d = self.sites[site]
         g = torch.Generator().manual_seed(seed)
-        bar = None
-        if progress:
-            try:
-                from tqdm.auto import tqdm
-                bar = tqdm(desc="store", unit="tok", unit_scale=True,
+        from .._progress import bar as progress_bar
+        bar = progress_bar(progress, desc="store", unit="tok", unit_scale=True,
                            total=None if epochs is None else epochs * sum(b - a for _, a, b in pieces))
-            except ImportError:
-                pass
 
         def chunks() -> Iterator[Tensor]:
             """Views of the mapped rows, piece after piece, epoch after epoch (at most ``step`` rows)."""

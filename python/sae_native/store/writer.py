@@ -96,13 +96,8 @@ def write_store(model: torch.nn.Module, sites: Union[str, Sequence[str]], batche
     pending: Dict[str, List[Tensor]] = {s: [] for s in sites}
     pending_rows, done = 0, resume_from
     forward_s = write_s = 0.0
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=total, initial=resume_from, desc="cache", unit="batch")
-        except ImportError:
-            pass
+    from .._progress import bar as progress_bar
+    bar = progress_bar(progress, total=total, initial=resume_from, desc="cache", unit="batch")
 
     def flush(final: bool) -> None:
         nonlocal m, pending_rows, write_s
@@ -137,11 +132,8 @@ def write_store(model: torch.nn.Module, sites: Union[str, Sequence[str]], batche
                     pending[s].append(captured[s].cpu()[keep].to(dtype))
                 forward_s += time.perf_counter() - t0
                 if m is None:
-                    dims = {s: int(captured[s].shape[-1]) for s in sites}
-                    m = mf.new(dims, dtype, {**source, **settings})
-                    if shard_tokens is None:
-                        shard_tokens = max(1, DEFAULT_SHARD_BYTES // (sum(dims.values()) * dtype.itemsize))
-                elif shard_tokens is None:
+                    m = mf.new({s: int(captured[s].shape[-1]) for s in sites}, dtype, {**source, **settings})
+                if shard_tokens is None:
                     shard_tokens = max(1, DEFAULT_SHARD_BYTES // (sum(m["sites"].values()) * dtype.itemsize))
                 pending_rows += int(keep.sum())
                 done = n + 1

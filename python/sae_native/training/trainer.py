@@ -182,13 +182,9 @@ class Trainer:
             data = IterableBatches(data, cfg.batch_size)
         if steps is None:
             steps = cfg.total_steps(data.acts.shape[0] if isinstance(data, TensorBatches) else None)
-        bar = None
-        if progress:
-            try:
-                from tqdm.auto import tqdm
-                bar = tqdm(total=steps, initial=self.step_count, desc=f"train {cfg.architecture} SAE", unit="step")
-            except ImportError:
-                bar = None
+        from .._progress import bar as progress_bar
+        bar = progress_bar(progress, total=steps, initial=self.step_count, desc=f"train {cfg.architecture} SAE",
+                           unit="step")
         log = open(log_path, "a") if log_path else None
         t0 = time.perf_counter()
         stop = steps if until is None else min(until, steps)
