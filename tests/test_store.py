@@ -17,6 +17,7 @@ from sae_native.store import ActivationStore, ShardError, write_store
 
 from models import tiny_llama, tokens
 import smollm2
+from store_writer import write_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SITES = ["model.layers.1", "model.layers.2"]
@@ -180,18 +181,7 @@ def test_a_writer_killed_mid_run_leaves_whole_shards_and_a_rerun_completes(tmp_p
 def test_train_and_evaluate_read_a_store(tmp_path):
     g = torch.Generator().manual_seed(0)
     acts = torch.randn(3000, 16, generator=g)
-    folder = tmp_path / "s"
-    # A store of given activations, written shard by shard as write_store does.
-    from sae_native.store import manifest as mf, shards
-    folder.mkdir()
-    m = mf.new({"acts": 16}, torch.float32, {})
-    for i in range(3):
-        name = mf.shard_name(i)
-        size, crc = shards.write(str(folder / name), {"acts": acts[i * 1000:(i + 1) * 1000]})
-        m["shards"].append({"file": name, "tokens": 1000, "bytes": size, "crc32": crc})
-    m["tokens"], m["complete"] = 3000, True
-    mf.write(str(folder), m)
-    store = ActivationStore(folder)
+    store = write_rows(tmp_path / "s", acts, shard_tokens=1000)
     assert torch.equal(store.tensor(), acts)
     sae = sn.train(store, architecture="topk", d_sae=32, k=4, steps=20, batch_size=256, progress=False)
     assert sae.d_in == 16

@@ -6,23 +6,12 @@ import torch
 
 import sae_native as sn
 from sae_native.training.losses import JumpReLUCodes, StepL0
+from sae_native.training.synthetic import recovery, superposition
 
 
-def toy(n_feat=256, d=64, n=100_000, p_active=0.02, noise=0.01, seed=0):
-    """'Toy Models of Superposition' data: sparse non-negative features along random unit
-    directions in fewer dimensions, plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(n_feat, d, generator=g)
-    dirs /= dirs.norm(dim=1, keepdim=True)
-    mags = torch.rand(n, n_feat, generator=g) * (torch.rand(n, n_feat, generator=g) < p_active)
-    return mags @ dirs + noise * torch.randn(n, d, generator=g), dirs
-
-
-def recovery(sae, dirs):
-    """Mean over true features of the best cosine similarity with a decoder row."""
-    W = sae.W_dec.float()
-    W = W / W.norm(dim=1, keepdim=True)
-    return float((dirs @ W.t()).max(dim=1).values.mean())
+def toy(n_feat=256, d=64, n=100_000, p_active=0.02, seed=0):
+    """'Toy Models of Superposition' data (sn.training.synthetic), sized for quick runs."""
+    return superposition(n=n, d=d, n_features=n_feat, l0=p_active * n_feat, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -30,29 +19,14 @@ def data():
     return toy()
 
 
-@pytest.mark.parametrize("arch,kw", [("topk", dict(k=8)), ("relu", dict())])
-def test_ground_truth_recovery(data, arch, kw):
-    x, dirs = data
-    sae = sn.train(x, architecture=arch, d_sae=512, batch_size=1024, steps=600, progress=False, **kw)
-    assert recovery(sae, dirs) >= 0.9
-    metrics = sn.evaluate(sae, x[:20000])
-    assert metrics["fvu"] < 0.6 and metrics["l0"] < 30
-
-
-def test_jumprelu_trains_sparse_and_recovers(data):
-    x, dirs = data
-    sae = sn.train(x, architecture="jumprelu", d_sae=512, batch_size=1024, steps=400, progress=False)
-    m = sn.evaluate(sae, x[:20000])
-    assert sae.activation == "jumprelu" and m["fvu"] < 0.3 and m["l0"] < 150
-    assert recovery(sae, dirs) >= 0.85
-    assert float(sae.threshold.mean()) > 0.1  # the L0 penalty raised the thresholds from their 0.1 start
-
-
-def test_bf16_weights_option(data, encode_path):
-    x, dirs = data
-    sae = sn.train(x, architecture="topk", d_sae=512, k=8, batch_size=1024, steps=300, progress=False,
-                   weight_dtype="bfloat16")
-    assert sae.W_enc.dtype == torch.bfloat16 and recovery(sae, dirs) >= 0.85
+def test_bf16_weights_option(encode_path):
+    # bf16 kernel weights (float32 Adam masters) learn as well as float32 ones.
+    x, dirs = toy(n_feat=64, d=24, n=20_000, p_active=3 / 64)
+    common = dict(architecture="topk", d_sae=128, k=4, batch_size=1024, steps=300, progress=False)
+    bf16 = sn.train(x, weight_dtype="bfloat16", **common)
+    fp32 = sn.train(x, **common)
+    assert bf16.W_enc.dtype == torch.bfloat16 and fp32.W_enc.dtype == torch.float32
+    assert recovery(bf16, dirs) >= recovery(fp32, dirs) - 0.03 and recovery(fp32, dirs) >= 0.85
 
 
 def test_straight_through_estimator_matches_the_dense_formula():
@@ -82,10 +56,12 @@ def test_straight_through_estimator_matches_the_dense_formula():
     torch.testing.assert_close(theta.grad, want)
 
 
-@pytest.mark.parametrize("arch,kw", [("topk", dict(k=4)), ("jumprelu", dict())])
+@pytest.mark.parametrize("arch,kw", [("topk", dict(k=4)), ("jumprelu", dict()), ("batchtopk", dict(k=4)),
+                                     ("matryoshka_batchtopk", dict(k=4))])
 def test_checkpoint_resume_equals_uninterrupted(tmp_path, arch, kw, encode_path):
     x, _ = toy(n_feat=64, d=16, n=4096)
-    common = dict(architecture=arch, d_sae=48, batch_size=256, steps=24, progress=False, log_every=4, **kw)
+    # (holdout 0: the interrupted half below runs Trainer.fit on all of x, which holds nothing out)
+    common = dict(architecture=arch, d_sae=48, batch_size=256, steps=24, progress=False, log_every=4, holdout=0.0, **kw)
     straight = sn.train(x, **common)
     trainer = sn.Trainer(16, sn.TrainConfig(**{k: v for k, v in common.items() if k != "progress"}))
     trainer.fit(x, 24, until=12, progress=False, checkpoint_dir=str(tmp_path / "ck"))  # "interrupted" at 12

@@ -208,9 +208,12 @@ def _train(args, parser) -> int:
         parser.error("--model needs --site and --texts")
     options = {name: getattr(args, name) for name in ("warmup_steps", "decay_from", "auxk_coef", "dead_tokens",
                                                       "normalize_decoder", "bandwidth", "init_threshold",
-                                                      "weight_dtype", "log_every") if getattr(args, name) is not None}
+                                                      "sparsity_warmup", "matryoshka_widths", "threshold_rate",
+                                                      "weight_dtype", "log_every", "holdout", "eval_every")
+               if getattr(args, name) is not None}
+    k = args.k if args.k is None or not float(args.k).is_integer() else int(args.k)
     try:
-        cfg = training.TrainConfig(architecture=args.architecture, d_sae=args.d_sae, k=args.k, l1=args.l1,
+        cfg = training.TrainConfig(architecture=args.architecture, d_sae=args.d_sae, k=k, l1=args.l1,
                                    steps=args.steps, tokens=args.tokens, batch_size=args.batch_size, lr=args.lr,
                                    seed=args.seed, **options).validate()
     except ValueError as e:
@@ -230,14 +233,17 @@ def _train(args, parser) -> int:
             texts = [line.strip() for line in f if line.strip()]
         batches = token_batches(tok, texts * max(1, args.epochs), seq_len=args.seq_len, batch_size=args.text_batch)
         data = training.stream_activations(model, args.site, batches, batch_size=cfg.batch_size, seed=cfg.seed)
-    sae = training.train(data, progress=not args.no_progress, log_path=args.log, checkpoint_dir=args.out,
-                         checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
-                         **{k: v for k, v in cfg.to_dict().items() if k != "extra"})
+    try:
+        sae = training.train(data, progress=not args.no_progress, log_path=args.log, checkpoint_dir=args.out,
+                             checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
+                             wandb_project=args.wandb_project, **{k: v for k, v in cfg.to_dict().items() if k != "extra"})
+    except ImportError as e:       # --wandb-project without wandb installed
+        parser.error(str(e))
     print(f"saved the SAE (SAELens format) and its training state to {args.out}")
-    if isinstance(data, torch.Tensor):
-        held = data[-min(len(data), 65536):]
-        metrics = training.evaluate(sae, held)
-        print("on the last {tokens} activations: FVU {fvu:.4f}, L0 {l0:.1f}, dead {dead_fraction:.1%}".format(**metrics))
+    ev = sae.metadata.get("evaluation")
+    if ev:
+        print("on {tokens:,} held-out activations: explained variance {explained_variance:.4f}, FVU {fvu:.4f}, "
+              "L0 {l0:.1f}, dead {dead_fraction:.1%}, dense {dense_fraction:.1%}".format(**ev))
     return 0
 
 
@@ -390,6 +396,7 @@ def _corpus_args(cmd, site_help: str, repeat: bool = False) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .training.config import ARCHITECTURES
     parser = argparse.ArgumentParser(prog="sae-native", description="Native kernels for sparse autoencoders.")
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="time every op against every reference available")
@@ -425,10 +432,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     src.add_argument("--text-batch", type=int, default=8, help="with --model: sequences per forward (default 8)")
     src.add_argument("--epochs", type=int, default=1, help="with --model: passes over the texts (default 1)")
     arch = train.add_argument_group("SAE")
-    arch.add_argument("--architecture", choices=["topk", "relu", "jumprelu"], default="topk")
+    arch.add_argument("--architecture", choices=ARCHITECTURES, default="topk",
+                      help="topk (default), relu, jumprelu, batchtopk or matryoshka_batchtopk (the last two are "
+                           "saved as JumpReLU SAEs)")
     arch.add_argument("--d-sae", type=int, required=True, help="number of latents")
-    arch.add_argument("--k", type=int, help="active latents per token (topk)")
+    arch.add_argument("--k", type=float, help="active latents per token (topk); on average (batchtopk)")
     arch.add_argument("--l1", type=float, help="sparsity coefficient: L1 (relu, default 5) or L0 (jumprelu, 0.01)")
+    arch.add_argument("--matryoshka-widths", type=lambda v: [int(w) for w in v.split(",")], metavar="W1,W2,...",
+                      help="matryoshka_batchtopk: the nested prefix sizes (default d_sae/16, /8, /4, /2, d_sae)")
     opt = train.add_argument_group("optimization")
     opt.add_argument("--steps", type=int, help="optimizer steps (default: one pass over --activations, at least 1000)")
     opt.add_argument("--tokens", type=int, help="the training budget in tokens, instead of --steps")
@@ -441,9 +452,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opt.add_argument("--dead-tokens", type=int, help="tokens without firing after which a latent is dead "
                                                       "(default min(10M, a quarter of the run))")
     opt.add_argument("--normalize-decoder", action=argparse.BooleanOptionalAction, default=None,
-                     help="keep decoder rows at unit norm (default: on for topk and jumprelu)")
+                     help="keep decoder rows at unit norm (default: on for topk, batchtopk, matryoshka_batchtopk)")
     opt.add_argument("--bandwidth", type=float, help="JumpReLU straight-through estimator width (default 0.05)")
     opt.add_argument("--init-threshold", type=float, help="initial JumpReLU threshold (default 0.1)")
+    opt.add_argument("--sparsity-warmup", type=float, help="fraction of steps over which the l1 / L0 coefficient "
+                                                           "rises from 0 (default 0.05)")
+    opt.add_argument("--threshold-rate", type=float, help="batchtopk: moving-average rate of the learned threshold "
+                                                          "(default 0.01)")
     opt.add_argument("--weight-dtype", choices=["float32", "bfloat16"], help="dtype of the kernels' weight copies")
     out = train.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="DIR", help="folder for the SAE and checkpoints")
@@ -451,6 +466,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR")
     out.add_argument("--log", metavar="PATH", help="append metrics as JSON lines")
     out.add_argument("--log-every", type=int, help="steps between metrics (default 10)")
+    out.add_argument("--holdout", type=float, help="fraction of --activations kept out of training and evaluated "
+                                                   "(its last rows; default 0.05, at most 65,536 rows)")
+    out.add_argument("--eval-every", type=int, metavar="STEPS", help="evaluate on the held-out rows every STEPS "
+                                                                     "steps (default: at the end)")
+    out.add_argument("--wandb-project", metavar="NAME", help="also log to Weights & Biases (needs wandb installed)")
     out.add_argument("--device", default="cpu")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo = sub.add_parser("demo", help="find a concept's feature in SmolLM2 and steer the model with it",

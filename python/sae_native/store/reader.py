@@ -33,11 +33,12 @@ class ActivationStore:
         self._starts = [0]
         for s in self.manifest["shards"]:
             self._starts.append(self._starts[-1] + s["tokens"])
+        self._lo, self._hi = 0, self._starts[-1]      # the rows this object reads (see rows())
 
     # ---- what it holds ---------------------------------------------------------------------
     @property
     def n_tokens(self) -> int:
-        return self._starts[-1]
+        return self._hi - self._lo
 
     def __len__(self) -> int:
         return self.n_tokens
@@ -53,9 +54,24 @@ class ActivationStore:
         return next(iter(self.sites.values()))
 
     def __repr__(self) -> str:
-        return (f"ActivationStore({self.folder!r}, sites={self.sites}, tokens={self.n_tokens}, "
+        rows = "" if (self._lo, self._hi) == (0, self._starts[-1]) else f", rows=[{self._lo}, {self._hi})"
+        return (f"ActivationStore({self.folder!r}, sites={self.sites}, tokens={self.n_tokens}{rows}, "
                 f"dtype={self.manifest['dtype']}, shards={len(self.manifest['shards'])}"
                 f"{'' if self.complete else ', incomplete'})")
+
+    def rows(self, start: int, stop: int) -> "ActivationStore":
+        """A view of the rows ``[start, stop)`` in store order (no copy; the same files), e.g. a
+        held-out split: ``store.rows(0, n - m)`` to train on and ``store.rows(n - m, n)`` to
+        evaluate on, other texts than the training rows when the store was written from texts."""
+        for name, v in (("start", start), ("stop", stop)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name}: expected an int, got {v!r}")
+        if not 0 <= start < stop <= self.n_tokens:
+            raise ValueError(f"start, stop: expected 0 <= start < stop <= {self.n_tokens}, got [{start}, {stop})")
+        view = object.__new__(ActivationStore)
+        view.__dict__.update(self.__dict__)
+        view._lo, view._hi = self._lo + start, self._lo + stop
+        return view
 
     def _site(self, site: Optional[str]) -> str:
         if site is None:
@@ -77,14 +93,17 @@ class ActivationStore:
         """Every row of ``site`` in store order, as one tensor in ``dtype`` (for stores that fit in memory)."""
         site = self._site(site)
         out = torch.empty(self.n_tokens, self.sites[site], dtype=dtype)
-        for i in range(len(self.manifest["shards"])):
-            out[self._starts[i]:self._starts[i + 1]] = self._open(i).rows(site, 0, self._starts[i + 1] - self._starts[i])
+        for i, a, b in self._pieces(0, 1):
+            at = self._starts[i] + a - self._lo
+            out[at:at + b - a] = self._open(i).rows(site, a, b)
         return out
 
     # ---- batches ---------------------------------------------------------------------------
     def _pieces(self, rank: int, world_size: int) -> List[Tuple[int, int, int]]:
-        """(shard, start, stop) row ranges of this rank: rows [rank * N / W, (rank + 1) * N / W)."""
-        lo, hi = rank * self.n_tokens // world_size, (rank + 1) * self.n_tokens // world_size
+        """(shard, start, stop) row ranges of this rank: rows [rank * N / W, (rank + 1) * N / W) of
+        this object's rows."""
+        lo = self._lo + rank * self.n_tokens // world_size
+        hi = self._lo + (rank + 1) * self.n_tokens // world_size
         out = []
         for i in range(len(self.manifest["shards"])):
             a, b = max(lo, self._starts[i]), min(hi, self._starts[i + 1])

@@ -14,8 +14,10 @@ from torch import Tensor
 
 from .. import _ops
 from ..stats import FeatureStats
-from .config import TrainConfig
+from . import batch_topk
+from .config import BATCH_TOPK, K_ARCHITECTURES, TrainConfig
 from .data import IterableBatches, TensorBatches
+from .evaluate import evaluate
 from .losses import JumpReLUCodes, StepL0
 
 STATE_FILE, CONFIG_FILE = "training_state.pt", "training_config.json"
@@ -49,16 +51,19 @@ class Trainer:
         self.W_enc_t = torch.nn.Parameter(W_dec.clone().to(self.device))
         self.b_enc = torch.nn.Parameter(torch.zeros(d_sae, device=self.device))
         self.b_dec = torch.nn.Parameter(torch.zeros(d_in, device=self.device))
-        params = [self.W_enc_t, self.b_enc, self.W_dec, self.b_dec]
+        groups = [{"params": [self.W_enc_t, self.b_enc, self.W_dec, self.b_dec], "lr_scale": 1.0}]
         self.log_threshold = None
         if config.architecture == "jumprelu":
             self.log_threshold = torch.nn.Parameter(torch.full((d_sae,), math.log(config.init_threshold),
                                                                device=self.device))
-            params.append(self.log_threshold)
+            # (why sqrt(d_in): see TrainConfig.init_threshold)
+            groups.append({"params": [self.log_threshold], "lr_scale": d_in ** 0.5})
+        # BatchTopK's inference threshold (scaled units, which the weight folding leaves unchanged).
+        self.batch_threshold: Optional[float] = None
         try:  # fused Adam (one pass per tensor) where this torch has it for the device
-            self.optimizer = torch.optim.Adam(params, lr=config.learning_rate, betas=(0.9, 0.999), fused=True)
+            self.optimizer = torch.optim.Adam(groups, lr=config.learning_rate, betas=(0.9, 0.999), fused=True)
         except (RuntimeError, TypeError, ValueError):
-            self.optimizer = torch.optim.Adam(params, lr=config.learning_rate, betas=(0.9, 0.999))
+            self.optimizer = torch.optim.Adam(groups, lr=config.learning_rate, betas=(0.9, 0.999))
         self.scale: Optional[float] = None
         self.step_count = 0
         self.tokens = 0
@@ -66,6 +71,7 @@ class Trainer:
         self.fired = torch.zeros(d_sae, dtype=torch.float64, device=self.device)
         self.act_sum = torch.zeros(d_sae, dtype=torch.float64, device=self.device)
         self.act_max = torch.zeros(d_sae, device=self.device)
+        self.last_eval: Optional[Dict[str, float]] = None   # the latest held-out evaluation
 
     # ---- the step --------------------------------------------------------------------------
     def _start(self, x: Tensor) -> None:
@@ -96,37 +102,30 @@ class Trainer:
         xs = x * self.scale
         W_enc, W_dec = self._kernel_weights()
         B = xs.shape[0]
-        theta = None
-        if cfg.architecture == "topk":
-            values, indices = _ops.encode_topk(xs, W_enc, self.b_enc, self.b_dec, cfg.k, None)
-            z = values
-        elif cfg.architecture == "relu":
-            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, None, None, True)
-            z = values
-        else:
-            # Encode with the threshold lowered by half the STE bandwidth: the codes then also hold
-            # the latents just below it, whose pre-activations the threshold's gradient needs.
-            theta = self.log_threshold.exp()
-            band = (theta - cfg.bandwidth / 2).detach()
-            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, band, None, True)
-            z = JumpReLUCodes.apply(values, indices, theta, cfg.bandwidth)
+        metrics: Dict[str, float] = {}
+        z, values, indices = self._encode(xs, W_enc)
         x_hat = _ops.decode(z, indices, W_dec, self.b_dec, False)   # the encode's own codes: no check
         err = xs - x_hat
         recon = err.pow(2).sum(-1).mean() / self.d_in
         loss = recon
-        metrics: Dict[str, float] = {}
+        coef = cfg.sparsity_at(self.step_count, total_steps)
         if cfg.architecture == "relu":
             norms = self.W_dec.norm(dim=1)
             l1 = (z * norms[indices.clamp_min(0)] * (indices >= 0)).sum(-1).mean()
-            loss = loss + cfg.sparsity * l1 / self.d_in
+            loss = loss + coef * l1 / self.d_in
             metrics["l1"] = float(l1.detach())
         elif cfg.architecture == "jumprelu":
-            l0_term = StepL0.apply(values, indices, theta, cfg.bandwidth) / B
-            loss = loss + cfg.sparsity * l0_term
+            loss = loss + coef * StepL0.apply(values, indices, self.log_threshold.exp(), cfg.bandwidth) / B
+        elif cfg.architecture == "matryoshka_batchtopk":
+            # Every nested prefix of the latents reconstructs x on its own (the full width is the
+            # main term above): the first latents learn the most general features.
+            for width in cfg.widths[:-1]:
+                inner = _ops.decode(z * (indices < width), indices, W_dec, self.b_dec, False)
+                loss = loss + (xs - inner).pow(2).sum(-1).mean() / self.d_in
         active = (z != 0) & (indices >= 0)
         dead = self.since_fired >= cfg.dead_after(total_steps * cfg.batch_size)
         n_dead = int(dead.sum())
-        if cfg.architecture == "topk" and n_dead > 0 and cfg.auxk_coef > 0:
+        if cfg.architecture in K_ARCHITECTURES and n_dead > 0 and cfg.auxk_coef > 0:
             # AuxK (Gao et al. 2024): the dead latents' top-k_aux reconstruct what the live ones miss.
             k_aux = min(self.d_in // 2, n_dead)
             b_aux = torch.where(dead, self.b_enc, torch.full_like(self.b_enc, -math.inf))
@@ -146,12 +145,18 @@ class Trainer:
                 g -= (g * w).sum(-1, keepdim=True) * w
         lr = cfg.lr_at(self.step_count, total_steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.step()
         with torch.no_grad():
             if cfg.unit_decoder:
                 self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
             self._track(z.detach(), indices, active)
+            if cfg.architecture in BATCH_TOPK and bool(active.any()):
+                # The inference threshold: a moving average of the smallest activation chosen.
+                smallest = float(z.detach()[active].min())
+                rate = cfg.threshold_rate
+                self.batch_threshold = smallest if self.batch_threshold is None else \
+                    (1 - rate) * self.batch_threshold + rate * smallest
         total_var = (xs - xs.mean(0)).pow(2).sum()
         fvu = float(err.detach().pow(2).sum() / total_var) if float(total_var) > 0 else float("nan")
         self.step_count += 1
@@ -159,6 +164,28 @@ class Trainer:
         metrics.update(step=self.step_count, tokens=self.tokens, loss=float(loss.detach()), mse=float(recon.detach()), fvu=fvu,
                        l0=float(active.sum()) / B, dead=n_dead, lr=lr)
         return metrics
+
+    def _encode(self, xs: Tensor, W_enc: Tensor):
+        """The architecture's training codes: (z, pre, indices), z differentiable to the weights
+        (and the JumpReLU threshold), ``pre`` the values the sparsity term reads."""
+        cfg = self.cfg
+        if cfg.architecture == "topk":
+            values, indices = _ops.encode_topk(xs, W_enc, self.b_enc, self.b_dec, cfg.k, None)
+            return values, values, indices
+        if cfg.architecture in BATCH_TOPK:
+            values, indices = batch_topk.encode(xs, W_enc, self.b_enc, self.b_dec, cfg.k)
+            return values, values, indices
+        if cfg.architecture == "relu":
+            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, None, None, True)
+            return values, values, indices
+        # JumpReLU, as Rajamanoharan et al. train it: no pre-encoder bias (x itself is encoded,
+        # the SAE is saved with apply_b_dec_to_input=False, as Gemma Scope's are), and the
+        # threshold lowered by half the STE bandwidth for the encode, so the codes also hold the
+        # latents just below it, whose pre-activations the threshold's gradient needs.
+        theta = self.log_threshold.exp()
+        band = (theta - cfg.bandwidth / 2).detach()
+        values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, None, band, None, True)
+        return JumpReLUCodes.apply(values, indices, theta, cfg.bandwidth), values, indices
 
     def _track(self, z: Tensor, indices: Tensor, active: Tensor) -> None:
         idx, vals = indices[active], z[active].float()
@@ -171,10 +198,17 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------
     def fit(self, data: Union[Tensor, Iterable[Tensor], TensorBatches, IterableBatches], steps: Optional[int] = None,
             *, progress: bool = True, log_path: Optional[str] = None, checkpoint_dir: Optional[str] = None,
-            checkpoint_every: Optional[int] = None, until: Optional[int] = None):
+            checkpoint_every: Optional[int] = None, until: Optional[int] = None, eval_data=None,
+            eval_model=None, eval_site=None, eval_tokens=None, wandb_project: Optional[str] = None):
         """Trains until ``steps`` optimizer steps have been taken in total (resumed runs continue
         from ``step_count``), or only until step ``until`` of that schedule (the run can be resumed
-        from its checkpoint later). Returns the trained SAE (see ``sae()``)."""
+        from its checkpoint later). Returns the trained SAE (see ``sae()``).
+
+        ``eval_data`` (held-out activations: a tensor, an sn.ActivationStore or a list of
+        batches) is evaluated every ``eval_every`` steps and at the end (sn.evaluate's metrics,
+        prefixed ``eval/`` in the log); with ``eval_model``, ``eval_site`` and ``eval_tokens``
+        (a list of token batches of held-out texts) also the CE and KL scores. ``wandb_project``
+        logs every record to Weights & Biases as well (needs the wandb package)."""
         cfg = self.cfg
         if isinstance(data, Tensor):
             data = TensorBatches(data, cfg.batch_size, cfg.seed)
@@ -182,6 +216,17 @@ class Trainer:
             data = IterableBatches(data, cfg.batch_size)
         if steps is None:
             steps = cfg.total_steps(data.acts.shape[0] if isinstance(data, TensorBatches) else None)
+        lm = dict(model=eval_model, site=eval_site, token_batches=eval_tokens)
+        if any(v is not None for v in lm.values()):
+            if any(v is None for v in lm.values()):
+                raise ValueError("eval_model, eval_site, eval_tokens: give all three (for the CE / KL scores) or none")
+            if eval_data is None:
+                raise ValueError("eval_model: the CE / KL scores come with the held-out activations' metrics; "
+                                 "give eval_data too (sn.train holds out a split of a tensor or store itself)")
+            lm["token_batches"] = list(eval_tokens)          # evaluated more than once
+        else:
+            lm = {}
+        wandb_run = _wandb_run(wandb_project, cfg)
         from .._progress import bar as progress_bar
         bar = progress_bar(progress, total=steps, initial=self.step_count, desc=f"train {cfg.architecture} SAE",
                            unit="step")
@@ -189,6 +234,15 @@ class Trainer:
         t0 = time.perf_counter()
         stop = steps if until is None else min(until, steps)
         losses, m = [], None
+        postfix: Dict[str, str] = {}
+
+        def record(rec: Dict[str, Any]) -> None:
+            if log is not None:
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if wandb_run is not None:
+                wandb_run.log(rec, step=self.step_count)
+
         try:
             while self.step_count < stop:
                 batch = data.batch(self.step_count) if isinstance(data, TensorBatches) else data.next()
@@ -200,12 +254,16 @@ class Trainer:
                     bar.update(1)
                 if self.step_count % cfg.log_every == 0 or self.step_count == steps:
                     m["seconds"] = time.perf_counter() - t0
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{m['loss']:.4g}", L0=f"{m['l0']:.1f}", FVU=f"{m['fvu']:.3f}",
-                                        dead=m["dead"])
-                    if log is not None:
-                        log.write(json.dumps(m) + "\n")
-                        log.flush()
+                    postfix.update(loss=f"{m['loss']:.4g}", L0=f"{m['l0']:.1f}", FVU=f"{m['fvu']:.3f}", dead=str(m["dead"]))
+                    record(m)
+                due = cfg.eval_every is not None and self.step_count % cfg.eval_every == 0
+                if eval_data is not None and (due or self.step_count == stop):
+                    self.last_eval = evaluate(self.sae(), eval_data, batch_size=cfg.batch_size, **lm)
+                    record({"step": self.step_count, "tokens": self.tokens,
+                            **{f"eval/{k}": v for k, v in self.last_eval.items()}})
+                    postfix["eval EV"] = f"{self.last_eval['explained_variance']:.3f}"
+                if bar is not None and postfix:
+                    bar.set_postfix(postfix, refresh=False)
                 if checkpoint_dir and checkpoint_every and self.step_count % checkpoint_every == 0:
                     self.save_checkpoint(checkpoint_dir)
         finally:
@@ -213,6 +271,8 @@ class Trainer:
                 bar.close()
             if log is not None:
                 log.close()
+            if wandb_run is not None:
+                wandb_run.finish()
         if checkpoint_dir:
             self.save_checkpoint(checkpoint_dir)
         if m is not None and until is None:
@@ -220,12 +280,18 @@ class Trainer:
         return self.sae()
 
     def _report(self, m: Dict[str, float], losses: List[float], progress: bool) -> None:
-        """The end of a run: FVU, L0 and dead fraction (printed with ``progress``), and a warning
-        when the run looks too short to have converged."""
-        dead = m["dead"] / self.cfg.d_sae
+        """The end of a run: FVU, L0 and dead fraction (printed with ``progress``; on the held-out
+        rows when there were some), and a warning when the run looks too short to have converged."""
+        ev = self.last_eval
+        if ev is not None:
+            fvu, l0, dead, where = ev["fvu"], ev["l0"], ev["dead_fraction"], f"on {ev['tokens']:,} held-out tokens"
+        else:
+            fvu, l0, dead, where = m["fvu"], m["l0"], m["dead"] / self.cfg.d_sae, "on the last batch"
         if progress:
-            print(f"trained {self.step_count} steps ({self.tokens:,} tokens): FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, "
-                  f"dead {dead:.1%} (on the last batch)", file=sys.stderr)
+            extra = "".join(f", {name} {ev[key]:.3f}" for key, name in
+                            (("ce_loss_score", "CE recovered"), ("kl_div_score", "KL recovered")) if ev and key in ev)
+            print(f"trained {self.step_count} steps ({self.tokens:,} tokens): FVU {fvu:.3f}, L0 {l0:.1f}, "
+                  f"dead {dead:.1%}{extra} ({where})", file=sys.stderr)
         why = []
         tail = max(1, len(losses) // 10)
         if len(losses) >= 20:
@@ -234,10 +300,10 @@ class Trainer:
                 why.append(f"the loss still fell {100 * (before - late) / before:.0f}% over the last tenth of the run")
         elif losses:
             why.append(f"only {len(losses)} steps ran")
-        if m["fvu"] > 0.5 and self.cfg.architecture == "topk":
+        if fvu > 0.5 and self.cfg.architecture in K_ARCHITECTURES:
             # (relu / jumprelu trade FVU for sparsity through their coefficient: high FVU there can
             # be the setting, not the budget)
-            why.append(f"FVU {m['fvu']:.2f} is high")
+            why.append(f"FVU {fvu:.2f} is high")
         if dead > 0.5:
             why.append(f"{dead:.0%} of the latents are dead")
         if why:
@@ -252,13 +318,19 @@ class Trainer:
         s = self.scale or 1.0
         cfg = self.cfg
         with torch.no_grad():
-            threshold = self.log_threshold.exp().clone() if self.log_threshold is not None else None
-            activation = {"topk": "topk", "relu": "relu", "jumprelu": "jumprelu"}[cfg.architecture]
+            threshold, k = None, cfg.k
+            if self.log_threshold is not None:
+                threshold = self.log_threshold.exp().clone()
+            elif cfg.architecture in BATCH_TOPK:   # saved as JumpReLU, one threshold for all latents
+                threshold, k = torch.full_like(self.b_enc, self.batch_threshold or 0.0), None
+            activation = {"topk": "topk", "relu": "relu"}.get(cfg.architecture, "jumprelu")
             dtype = torch.bfloat16 if cfg.weight_dtype == "bfloat16" else torch.float32
             sae = SAE((self.W_enc_t * s).to(dtype).t(), self.b_enc.clone(), (self.W_dec / s).to(dtype), self.b_dec / s,
-                      activation=activation, k=cfg.k, threshold=threshold,
-                      metadata={"trained_by": "sae-native", "training_steps": self.step_count,
-                                "training_tokens": self.tokens, "input_scale": s})
+                      activation=activation, k=k, threshold=threshold,
+                      apply_b_dec_to_input=cfg.architecture != "jumprelu",
+                      metadata={"trained_by": "sae-native", "architecture": cfg.architecture,
+                                "training_steps": self.step_count, "training_tokens": self.tokens, "input_scale": s,
+                                **({"evaluation": dict(self.last_eval)} if self.last_eval else {})})
         n = max(self.tokens, 1)
         sae.stats = FeatureStats(max=self.act_max.clone(),  # activations are unchanged by the folding
                                  frequency=(self.fired / n).float(), mean=(self.act_sum / n).float(), n_tokens=self.tokens)
@@ -270,6 +342,7 @@ class Trainer:
                 "log_threshold": None if self.log_threshold is None else self.log_threshold.detach(),
                 "optimizer": self.optimizer.state_dict(), "scale": self.scale, "step": self.step_count,
                 "tokens": self.tokens, "since_fired": self.since_fired, "fired": self.fired,
+                "batch_threshold": self.batch_threshold,
                 "act_sum": self.act_sum, "act_max": self.act_max, "d_in": self.d_in}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -280,6 +353,7 @@ class Trainer:
                 self.log_threshold.copy_(state["log_threshold"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scale, self.step_count, self.tokens = state["scale"], int(state["step"]), int(state["tokens"])
+        self.batch_threshold = state.get("batch_threshold")
         for name in ("since_fired", "fired", "act_sum", "act_max"):
             setattr(self, name, state[name].to(self.device).clone())
 
@@ -301,3 +375,16 @@ class Trainer:
         trainer = cls(int(state["d_in"]), cfg, device=device)
         trainer.load_state_dict(state)
         return trainer
+
+
+def _wandb_run(project: Optional[str], cfg: TrainConfig):
+    """A Weights & Biases run for ``project``, or None without one."""
+    if project is None:
+        return None
+    if not isinstance(project, str) or not project:
+        raise ValueError(f"wandb_project: expected a project name, got {project!r}")
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError("wandb_project: logging to Weights & Biases needs the wandb package (pip install wandb)") from e
+    return wandb.init(project=project, config=cfg.to_dict())
