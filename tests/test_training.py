@@ -110,6 +110,9 @@ def test_config_and_argument_errors():
         sn.train(iter([x]), d_sae=16, k=2, progress=False)
     with pytest.raises(ValueError, match=r"activations: expected a floating tensor \[N, d_in\]"):
         sn.train(torch.ones(10, 4, dtype=torch.int64), d_sae=16, k=2, progress=False)
+    for bad in (torch.tensor(1.0), torch.ones(5), torch.ones(2, 3, 4)):   # before the held-out split, too
+        with pytest.raises(ValueError, match=r"activations: expected a floating tensor \[N, d_in\]"):
+            sn.train(bad, d_sae=16, k=2, progress=False)
     with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
         sn.train(x, d_sae=16, k=2, batch_size=0, progress=False)
 

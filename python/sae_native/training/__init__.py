@@ -10,14 +10,14 @@ from typing import Iterable, Optional, Union
 from torch import Tensor
 
 from .config import ARCHITECTURES, TrainConfig
-from .data import IterableBatches, TensorBatches, stream_activations
+from .data import IterableBatches, TensorBatches, check_tensor, stream_activations
 from .evaluate import ce_loss_recovered, evaluate
 from .trainer import Trainer
 
-_RUN_OPTIONS = ("log_path", "checkpoint_dir", "checkpoint_every", "device", "resume", "eval_data", "eval_model",
-                "eval_site", "eval_tokens", "wandb_project")
+# What Trainer.fit takes, and the run options train() takes besides them.
 _FIT_OPTIONS = ("log_path", "checkpoint_dir", "checkpoint_every", "eval_data", "eval_model", "eval_site", "eval_tokens",
                 "wandb_project")
+_RUN_OPTIONS = _FIT_OPTIONS + ("device", "resume")
 
 
 def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "topk", d_sae: int,
@@ -56,6 +56,8 @@ def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "
                       batch_size=batch_size, lr=lr, seed=seed, **options).validate()
     device = run.get("device", "cpu")
     from ..store import ActivationStore
+    if isinstance(activations, Tensor):
+        check_tensor(activations)
     if isinstance(activations, (Tensor, ActivationStore)) and run.get("eval_data") is None:
         # The held-out split: the last rows (in a store written from texts, other texts).
         n = activations.shape[0] if isinstance(activations, Tensor) else len(activations)

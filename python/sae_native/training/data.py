@@ -8,16 +8,21 @@ import torch
 from torch import Tensor, nn
 
 
+def check_tensor(acts) -> None:
+    """Activations given as one tensor must be floating [N >= 1, d_in]."""
+    if not isinstance(acts, Tensor) or acts.dim() != 2 or not acts.is_floating_point():
+        raise ValueError(f"activations: expected a floating tensor [N, d_in], got "
+                         f"{getattr(acts, 'dtype', type(acts).__name__)} {list(getattr(acts, 'shape', []))}")
+    if acts.shape[0] < 1:
+        raise ValueError("activations: expected at least one row")
+
+
 class TensorBatches:
     """Batches of a [N, d_in] tensor in a seeded random order, epoch after epoch. ``batch(step)``
     is a pure function of the step, so a resumed run sees exactly the batches it would have."""
 
     def __init__(self, acts: Tensor, batch_size: int, seed: int):
-        if not isinstance(acts, Tensor) or acts.dim() != 2 or not acts.is_floating_point():
-            raise ValueError(f"activations: expected a floating tensor [N, d_in], got "
-                             f"{getattr(acts, 'dtype', type(acts).__name__)} {list(getattr(acts, 'shape', []))}")
-        if acts.shape[0] < 1:
-            raise ValueError("activations: expected at least one row")
+        check_tensor(acts)
         self.acts, self.batch_size, self.seed = acts, batch_size, seed
         self.per_epoch = max(1, acts.shape[0] // batch_size)
         self._perm_epoch, self._perm = -1, None
