@@ -107,6 +107,32 @@ def test_matryoshka_prefixes_reconstruct_on_their_own():
         == [2, 5, 10]
 
 
+@pytest.mark.parametrize("topk_warmup", [0.0, 0.5])
+def test_the_topk_phase_selects_k_per_token_then_the_batch_takes_over(topk_warmup):
+    # Rows of very different norms: the batch-wide selection gives the large rows more than k
+    # latents and the small rows fewer; the TopK phase gives every row exactly k.
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(256, 12, generator=g) * torch.logspace(-1, 1, 256).unsqueeze(1)
+    cfg = sn.TrainConfig(architecture="batchtopk", d_sae=48, k=4, batch_size=256, topk_warmup=topk_warmup, seed=1)
+    trainer = sn.Trainer(12, cfg)
+    steps = 6
+    for step in range(steps):
+        W_enc, _ = trainer._kernel_weights()
+        trainer.scale = trainer.scale or 1.0
+        z, _, indices = trainer._encode(x, W_enc, steps)
+        per_row = ((z != 0) & (indices >= 0)).sum(1)
+        batch_phase = step >= topk_warmup * steps
+        assert cfg.batch_selection_at(step, steps) == batch_phase
+        if batch_phase:
+            assert int(per_row.sum()) == 4 * 256 and int(per_row.max()) > 4 and int(per_row.min()) < 4
+        else:
+            assert torch.all(per_row == 4)
+        had_threshold = trainer.batch_threshold is not None
+        trainer.step(x, steps)
+        # the inference threshold is learned from the batch-wide selection only
+        assert (trainer.batch_threshold is not None) == (batch_phase or had_threshold)
+
+
 def test_batch_topk_config_errors():
     x = torch.randn(64, 8)
     for kw, msg in ((dict(architecture="batchtopk", k=0), r"k: a batchtopk SAE needs a number in \(0, d_sae=16\]"),
@@ -118,6 +144,7 @@ def test_batch_topk_config_errors():
                     (dict(architecture="batchtopk", k=2, matryoshka_widths=[4]),
                      "matryoshka_widths: only matryoshka_batchtopk"),
                     (dict(architecture="batchtopk", k=2, threshold_rate=0.0), r"threshold_rate: expected a number in \(0, 1\]"),
+                    (dict(architecture="batchtopk", k=2, topk_warmup=1.0), r"topk_warmup: expected a fraction in \[0, 1\)"),
                     (dict(architecture="relu", k=2), "k: only topk, batchtopk, matryoshka_batchtopk SAEs take k"),
                     (dict(architecture="relu", sparsity_warmup=1.5), r"sparsity_warmup: expected a fraction in \[0, 1\)"),
                     (dict(architecture="relu", holdout=-0.1), r"holdout: expected a fraction in \[0, 1\)"),

@@ -208,7 +208,7 @@ def _train(args, parser) -> int:
         parser.error("--model needs --site and --texts")
     options = {name: getattr(args, name) for name in ("warmup_steps", "decay_from", "auxk_coef", "dead_tokens",
                                                       "normalize_decoder", "bandwidth", "init_threshold",
-                                                      "sparsity_warmup", "matryoshka_widths", "threshold_rate",
+                                                      "sparsity_warmup", "matryoshka_widths", "threshold_rate", "topk_warmup",
                                                       "weight_dtype", "log_every", "holdout", "eval_every")
                if getattr(args, name) is not None}
     k = args.k if args.k is None or not float(args.k).is_integer() else int(args.k)
@@ -459,6 +459,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                            "rises from 0 (default 0.05)")
     opt.add_argument("--threshold-rate", type=float, help="batchtopk: moving-average rate of the learned threshold "
                                                           "(default 0.01)")
+    opt.add_argument("--topk-warmup", type=float, help="batchtopk, matryoshka_batchtopk: fraction of steps that select "
+                                                       "k per token before the batch-wide selection (default 0.5)")
     opt.add_argument("--weight-dtype", choices=["float32", "bfloat16"], help="dtype of the kernels' weight copies")
     out = train.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="DIR", help="folder for the SAE and checkpoints")

@@ -40,7 +40,7 @@ def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "
 
     Options: every TrainConfig field (warmup_steps, decay_from, auxk_coef, dead_tokens,
     normalize_decoder, bandwidth, init_threshold, sparsity_warmup, matryoshka_widths,
-    threshold_rate, weight_dtype, log_every, holdout, eval_every), and ``log_path`` (JSONL
+    threshold_rate, topk_warmup, weight_dtype, log_every, holdout, eval_every), and ``log_path`` (JSONL
     metrics; evaluations as ``eval/...`` keys), ``wandb_project`` (the same records to Weights &
     Biases, if the wandb package is installed), ``checkpoint_dir`` / ``checkpoint_every``
     (SAELens-format checkpoints with training state), ``resume`` (a checkpoint folder to continue

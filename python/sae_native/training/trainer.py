@@ -103,7 +103,7 @@ class Trainer:
         W_enc, W_dec = self._kernel_weights()
         B = xs.shape[0]
         metrics: Dict[str, float] = {}
-        z, values, indices = self._encode(xs, W_enc)
+        z, values, indices = self._encode(xs, W_enc, total_steps)
         x_hat = _ops.decode(z, indices, W_dec, self.b_dec, False)   # the encode's own codes: no check
         err = xs - x_hat
         recon = err.pow(2).sum(-1).mean() / self.d_in
@@ -151,8 +151,9 @@ class Trainer:
             if cfg.unit_decoder:
                 self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
             self._track(z.detach(), indices, active)
-            if cfg.architecture in BATCH_TOPK and bool(active.any()):
-                # The inference threshold: a moving average of the smallest activation chosen.
+            if cfg.batch_selection_at(self.step_count, total_steps) and bool(active.any()):
+                # The inference threshold: a moving average of the smallest activation chosen
+                # (from the batch-wide selection only: the TopK phase's cut is another one).
                 smallest = float(z.detach()[active].min())
                 rate = cfg.threshold_rate
                 self.batch_threshold = smallest if self.batch_threshold is None else \
@@ -165,12 +166,14 @@ class Trainer:
                        l0=float(active.sum()) / B, dead=n_dead, lr=lr)
         return metrics
 
-    def _encode(self, xs: Tensor, W_enc: Tensor):
+    def _encode(self, xs: Tensor, W_enc: Tensor, total_steps: int):
         """The architecture's training codes: (z, pre, indices), z differentiable to the weights
         (and the JumpReLU threshold), ``pre`` the values the sparsity term reads."""
         cfg = self.cfg
-        if cfg.architecture == "topk":
-            values, indices = _ops.encode_topk(xs, W_enc, self.b_enc, self.b_dec, cfg.k, None)
+        if cfg.architecture == "topk" or (cfg.architecture in BATCH_TOPK
+                                          and not cfg.batch_selection_at(self.step_count, total_steps)):
+            k = max(1, round(cfg.k))         # (BatchTopK's TopK phase: its k may be fractional)
+            values, indices = _ops.encode_topk(xs, W_enc, self.b_enc, self.b_dec, k, None)
             return values, values, indices
         if cfg.architecture in BATCH_TOPK:
             values, indices = batch_topk.encode(xs, W_enc, self.b_enc, self.b_dec, cfg.k)
