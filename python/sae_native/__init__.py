@@ -18,12 +18,12 @@ from .loading import load
 from .hooks import attach, record, splice, steer
 from .sae import SAE
 from .stats import FeatureStats, feature_stats
-from . import store
+from . import distributed, store
 from .store import ActivationStore
 from .training import Trainer, TrainConfig, ce_loss_recovered, evaluate, stream_activations, train
 
 __version__ = build_info()["version"]
-__all__ = ["SAE", "SparseCodes", "functional", "build_info", "set_num_threads", "get_num_threads", "set_encode_path", "record",
+__all__ = ["SAE", "SparseCodes", "functional", "distributed", "build_info", "set_num_threads", "get_num_threads", "set_encode_path", "record",
            "splice", "steer", "attach", "feature_stats", "FeatureStats", "load", "train", "Trainer", "TrainConfig",
            "evaluate", "ce_loss_recovered", "stream_activations", "find_features", "FeatureMatch", "dashboard", "store", "ActivationStore",
            "__version__"]

@@ -197,7 +197,29 @@ def _load_activations(path: str):
     return data
 
 
-def _train(args, parser) -> int:
+def _train(args, parser, argv: Sequence[str]) -> int:
+    import os
+
+    if args.nproc is not None:
+        if args.nproc < 1:
+            parser.error(f"--nproc: expected an int >= 1, got {args.nproc}")
+        if "LOCAL_RANK" not in os.environ:       # launch the ranks; each runs this command without --nproc
+            return _launch(args.nproc, argv)
+    rank, world = _join_process_group(args.device)
+    if world == 1:
+        return _train_rank(args, parser, rank, world)
+    # (a rank that leaves with its gloo group alive can abort at exit while a peer still talks to
+    # it: the ranks leave together, and close the group)
+    import torch.distributed as dist
+    try:
+        code = _train_rank(args, parser, rank, world)
+        dist.barrier()
+        return code
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_rank(args, parser, rank: int, world: int) -> int:
     import os
     from . import training
     from .models import load_model, token_batches
@@ -218,6 +240,9 @@ def _train(args, parser) -> int:
                                    seed=args.seed, **options).validate()
     except ValueError as e:
         parser.error(str(e))
+    if cfg.batch_size % world:
+        parser.error(f"--batch-size: data-parallel training splits each batch evenly over {world} ranks; "
+                     f"{cfg.batch_size} does not divide by {world}")
     if args.activations:
         try:
             data = _load_activations(args.activations)
@@ -239,12 +264,46 @@ def _train(args, parser) -> int:
                              wandb_project=args.wandb_project, **{k: v for k, v in cfg.to_dict().items() if k != "extra"})
     except ImportError as e:       # --wandb-project without wandb installed
         parser.error(str(e))
+    if rank != 0:                   # (rank 0 wrote the checkpoint and reports; the replicas are equal)
+        return 0
     print(f"saved the SAE (SAELens format) and its training state to {args.out}")
     ev = sae.metadata.get("evaluation")
     if ev:
         print("on {tokens:,} held-out activations: explained variance {explained_variance:.4f}, FVU {fvu:.4f}, "
               "L0 {l0:.1f}, dead {dead_fraction:.1%}, dense {dense_fraction:.1%}".format(**ev))
     return 0
+
+
+def _launch(nproc: int, argv: Sequence[str]) -> int:
+    """Runs ``sae-native <argv>`` on ``nproc`` local ranks through torchrun."""
+    import subprocess
+    rest, skip = [], False
+    for a in argv:                                   # the same command, without --nproc
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "sae_native", *rest]
+    return subprocess.call(cmd)
+
+
+def _join_process_group(device: str) -> int:
+    """Under torchrun (WORLD_SIZE > 1): joins the job's process group (NCCL for CUDA, else gloo);
+    returns (rank, world size), (0, 1) without one."""
+    import os
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        cuda = str(device).startswith("cuda")
+        if cuda:
+            import torch
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def _demo(args, parser) -> int:
@@ -475,6 +534,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.add_argument("--wandb-project", metavar="NAME", help="also log to Weights & Biases (needs wandb installed)")
     out.add_argument("--device", default="cpu")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    par = train.add_argument_group("data-parallel")
+    par.add_argument("--nproc", type=int, metavar="N", help="train on N processes of this machine (torchrun with "
+                                                            "gloo, or NCCL on --device cuda): each takes 1/N of "
+                                                            "every batch; --batch-size must divide by N")
     demo = sub.add_parser("demo", help="find a concept's feature in SmolLM2 and steer the model with it",
                           description="The Golden Gate experiment on SmolLM2-135M-Instruct (layer 15): writes a corpus "
                                       "with the model, trains a TopK SAE on it (cached), finds the concept's feature "
@@ -527,7 +590,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "demo":
         return _demo(args, parser)
     if args.command == "train":
-        return _train(args, parser)
+        return _train(args, parser, argv if argv is not None else sys.argv[1:])
     if args.command == "bench":
         return _bench(args, parser)
     if args.command == "info":

@@ -8,12 +8,13 @@ format. ``sn.load`` (sae_native/loading.py) turns a Spec into an SAE. One module
     dictionary_learning  ae.pt [+ config.json]
     llama_scope          folder: hyperparams.json + checkpoints/final.safetensors
     openai               a .pt state dict of openai/sparse_autoencoder
+    sharded              folder: sharded.json + shard-*-of-*.safetensors (ShardedSAE.save)
 """
 from __future__ import annotations
 
 import os
 
-from . import dictionary_learning, gemma_scope, llama_scope, openai, saelens, sparsify
+from . import dictionary_learning, gemma_scope, llama_scope, openai, saelens, sharded, sparsify
 from ._common import FormatError, Spec
 
 FORMATS = {
@@ -23,6 +24,7 @@ FORMATS = {
     "dictionary_learning": dictionary_learning,
     "llama_scope": llama_scope,
     "openai": openai,
+    "sharded": sharded,
 }
 
 

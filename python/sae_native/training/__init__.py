@@ -17,7 +17,7 @@ from .trainer import Trainer
 # What Trainer.fit takes, and the run options train() takes besides them.
 _FIT_OPTIONS = ("log_path", "checkpoint_dir", "checkpoint_every", "eval_data", "eval_model", "eval_site", "eval_tokens",
                 "wandb_project")
-_RUN_OPTIONS = _FIT_OPTIONS + ("device", "resume")
+_RUN_OPTIONS = _FIT_OPTIONS + ("device", "resume", "group")
 
 
 def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "topk", d_sae: int,
@@ -44,7 +44,14 @@ def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "
     metrics; evaluations as ``eval/...`` keys), ``wandb_project`` (the same records to Weights &
     Biases, if the wandb package is installed), ``checkpoint_dir`` / ``checkpoint_every``
     (SAELens-format checkpoints with training state), ``resume`` (a checkpoint folder to continue
-    from), ``device``, ``eval_data``, ``eval_model``, ``eval_site``, ``eval_tokens``.
+    from), ``device``, ``eval_data``, ``eval_model``, ``eval_site``, ``eval_tokens``, ``group``.
+
+    Data-parallel: under torchrun (or any initialised torch.distributed job with more than one
+    rank) every rank calls sn.train with the same arguments; each takes an equal share of every
+    global batch (``batch_size`` must divide evenly) and the gradients are averaged, so the run
+    takes the steps one process would (within rounding). Rank 0 shows progress, logs, evaluates
+    and writes checkpoints; every rank returns the same weights. ``group``: a process group, or
+    False for an independent run on each rank.
     """
     run = {key: options.pop(key) for key in list(options) if key in _RUN_OPTIONS}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -73,7 +80,7 @@ def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "
         # Shuffled across shards, seeded, epoch after epoch for as many steps as the budget asks.
         activations = activations.batches(batch_size, seed=seed, epochs=None)
     if run.get("resume"):
-        trainer = Trainer.from_checkpoint(run["resume"], device=device)
+        trainer = Trainer.from_checkpoint(run["resume"], device=device, group=run.get("group"))
         if cfg.steps or cfg.tokens:
             trainer.cfg.steps, trainer.cfg.tokens = cfg.steps, cfg.tokens
     else:
@@ -87,7 +94,7 @@ def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "
                 raise ValueError("activations: the iterable yielded nothing")
             d_in = first.shape[1]
             data.pending, data.pending_rows = [first], first.shape[0]
-        trainer = Trainer(d_in, cfg, device=device)
+        trainer = Trainer(d_in, cfg, device=device, group=run.get("group"))
         activations = data
     return trainer.fit(activations, trainer.cfg.total_steps(n_rows), progress=progress,
                        **{key: run[key] for key in _FIT_OPTIONS if key in run})

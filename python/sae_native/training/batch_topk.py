@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import _ops
+from .parallel import Local
 
 
 def select(values: Tensor, budget: int) -> Tensor:
@@ -34,18 +35,24 @@ def select(values: Tensor, budget: int) -> Tensor:
     return ((above | at) & (flat > 0)).view_as(values)
 
 
-def encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: int) -> Tuple[Tensor, Tensor]:
+def encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: float,
+           dp: Optional[Local] = None) -> Tuple[Tensor, Tensor]:
     """BatchTopK codes of ``x`` [B, d_in]: ``(values, indices)`` [B, c] with the unchosen entries'
-    values zero (``int(B * k)`` are chosen, fewer when fewer activations are positive) (differentiable like encode_topk's values), ``c`` the candidates per row needed
-    for the exact selection."""
+    values zero (``int(B * k)`` are chosen, fewer when fewer activations are positive;
+    differentiable like encode_topk's values), ``c`` the candidates per row needed for the exact
+    selection. Data-parallel (``dp``), x is this rank's share of the global batch, and the
+    selection is over the global batch: the ranks' candidates are gathered, and every rank widens
+    its candidates while any rank has a row cut short."""
+    dp = dp if dp is not None else Local()
     B, d_sae = x.shape[0], W_enc.shape[1]
-    budget = int(B * k)                      # k may be fractional: the batch's share, rounded down
+    budget = int(B * dp.world * k)           # k may be fractional: the batch's share, rounded down
     c = min(d_sae, max(1, math.ceil(2 * k)))
     values, indices = _ops.encode_topk(x, W_enc, b_enc, b_dec, c, None)
     while True:
-        chosen = select(values, budget)
+        everyone = dp.cat(values.detach(), "BatchTopK's candidates (training step)")
+        chosen = select(everyone, budget)[dp.rank * B:(dp.rank + 1) * B]
         short = chosen[:, -1] if c < d_sae else torch.zeros(B, dtype=torch.bool, device=x.device)
-        if not bool(short.any()):
+        if not int(dp.sum(short.any().long().view(1), "BatchTopK's short rows (training step)")):
             return values * chosen, indices
         # Rows whose every candidate was chosen: widen all rows to 2c candidates (padding the
         # rows that were not short with their own codes and zeros), re-encoding only the short ones.

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import _ops
 from ..stats import FeatureStats
-from . import batch_topk
+from . import batch_topk, parallel
 from .config import BATCH_TOPK, K_ARCHITECTURES, TrainConfig
 from .data import IterableBatches, TensorBatches
 from .evaluate import evaluate
@@ -34,8 +34,11 @@ class Trainer:
     activations.
     """
 
-    def __init__(self, d_in: int, config: TrainConfig, *, device="cpu"):
+    def __init__(self, d_in: int, config: TrainConfig, *, device="cpu", group=None):
         self.cfg = config.validate()
+        # Data-parallel over ``group`` (parallel.make: by default every rank of an initialised
+        # torch.distributed job); the ranks hold identical replicas and take identical steps.
+        self.dp = parallel.make(group)
         if isinstance(d_in, bool) or not isinstance(d_in, int) or d_in < 1:
             raise ValueError(f"d_in: expected an int >= 1, got {d_in!r}")
         self.d_in, self.device = d_in, torch.device(device)
@@ -75,11 +78,13 @@ class Trainer:
 
     # ---- the step --------------------------------------------------------------------------
     def _start(self, x: Tensor) -> None:
-        """First batch: the input scale, and b_dec initialised to the data mean."""
-        norms = x.norm(dim=-1).mean()
+        """First (global) batch: the input scale, and b_dec initialised to the data mean."""
+        n = x.shape[0] * self.dp.world
+        sums = self.dp.sum(torch.cat([x.norm(dim=-1).sum().view(1), x.sum(0)]).double(), "the first batch's statistics")
+        norms = sums[0] / n
         self.scale = float(self.d_in ** 0.5 / norms) if float(norms) > 0 else 1.0
         with torch.no_grad():
-            self.b_dec.copy_((x * self.scale).mean(0))
+            self.b_dec.copy_((sums[1:] / n * self.scale).float())
 
     @property
     def W_enc(self) -> Tensor:
@@ -101,7 +106,8 @@ class Trainer:
             self._start(x)
         xs = x * self.scale
         W_enc, W_dec = self._kernel_weights()
-        B = xs.shape[0]
+        B = xs.shape[0]                     # this rank's share of the global batch
+        B_all = B * self.dp.world
         metrics: Dict[str, float] = {}
         z, values, indices = self._encode(xs, W_enc, total_steps)
         x_hat = _ops.decode(z, indices, W_dec, self.b_dec, False)   # the encode's own codes: no check
@@ -132,13 +138,16 @@ class Trainer:
             v_aux, i_aux = _ops.encode_topk(xs, W_enc, b_aux, self.b_dec, k_aux, None)
             e = err.detach()
             e_hat = _ops.decode(v_aux, i_aux, W_dec, None, False)
-            denom = (e - e.mean(0)).pow(2).sum(-1).mean()
+            # (the global batch's residual variance: every rank normalises alike)
+            e_mean = self.dp.sum(e.sum(0), "AuxK's residual mean") / B_all
+            denom = self.dp.sum((e - e_mean).pow(2).sum().view(1), "AuxK's residual variance")[0] / B_all
             if float(denom) > 0:
                 aux = (e - e_hat).pow(2).sum(-1).mean() / denom
                 loss = loss + cfg.auxk_coef * aux
                 metrics["aux"] = float(aux.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dp.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         if cfg.unit_decoder and self.W_dec.grad is not None:
             with torch.no_grad():  # the component along each (unit) row would only change its norm
                 w, g = self.W_dec, self.W_dec.grad
@@ -150,20 +159,22 @@ class Trainer:
         with torch.no_grad():
             if cfg.unit_decoder:
                 self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            self._track(z.detach(), indices, active)
-            if cfg.batch_selection_at(self.step_count, total_steps) and bool(active.any()):
+            n_active = self._track(z.detach(), indices, active, B_all)
+            if cfg.batch_selection_at(self.step_count, total_steps) and n_active:
                 # The inference threshold: a moving average of the smallest activation chosen
                 # (from the batch-wide selection only: the TopK phase's cut is another one).
-                smallest = float(z.detach()[active].min())
+                mine = z.detach()[active].min().view(1) if bool(active.any()) else z.new_full((1,), math.inf)
+                smallest = float(self.dp.min(mine, "BatchTopK's smallest chosen activation"))
                 rate = cfg.threshold_rate
                 self.batch_threshold = smallest if self.batch_threshold is None else \
                     (1 - rate) * self.batch_threshold + rate * smallest
         total_var = (xs - xs.mean(0)).pow(2).sum()
         fvu = float(err.detach().pow(2).sum() / total_var) if float(total_var) > 0 else float("nan")
         self.step_count += 1
-        self.tokens += B
+        self.tokens += B_all
+        # (loss, mse and fvu are this rank's share of the batch; l0 and dead the whole batch's)
         metrics.update(step=self.step_count, tokens=self.tokens, loss=float(loss.detach()), mse=float(recon.detach()), fvu=fvu,
-                       l0=float(active.sum()) / B, dead=n_dead, lr=lr)
+                       l0=n_active / B_all, dead=n_dead, lr=lr)
         return metrics
 
     def _encode(self, xs: Tensor, W_enc: Tensor, total_steps: int):
@@ -176,7 +187,7 @@ class Trainer:
             values, indices = _ops.encode_topk(xs, W_enc, self.b_enc, self.b_dec, k, None)
             return values, values, indices
         if cfg.architecture in BATCH_TOPK:
-            values, indices = batch_topk.encode(xs, W_enc, self.b_enc, self.b_dec, cfg.k)
+            values, indices = batch_topk.encode(xs, W_enc, self.b_enc, self.b_dec, cfg.k, self.dp)
             return values, values, indices
         if cfg.architecture == "relu":
             values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, None, None, True)
@@ -190,13 +201,23 @@ class Trainer:
         values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, None, band, None, True)
         return JumpReLUCodes.apply(values, indices, theta, cfg.bandwidth), values, indices
 
-    def _track(self, z: Tensor, indices: Tensor, active: Tensor) -> None:
+    def _track(self, z: Tensor, indices: Tensor, active: Tensor, rows: int) -> int:
+        """The latents' firing counts, sums and maxima over the global batch of ``rows`` rows;
+        returns the batch's active entries."""
         idx, vals = indices[active], z[active].float()
-        self.since_fired += z.shape[0]
-        self.since_fired[idx] = 0
-        self.fired.index_add_(0, idx, torch.ones_like(vals, dtype=torch.float64))
-        self.act_sum.index_add_(0, idx, vals.double())
-        self.act_max.scatter_reduce_(0, idx, vals, reduce="amax")
+        d_sae = self.cfg.d_sae
+        counts = torch.zeros(2, d_sae, dtype=torch.float64, device=z.device)
+        counts[0].index_add_(0, idx, torch.ones_like(vals, dtype=torch.float64))
+        counts[1].index_add_(0, idx, vals.double())
+        counts = self.dp.sum(counts, "the latents' firing counts")
+        top = self.dp.max(torch.zeros(d_sae, device=z.device).scatter_reduce_(0, idx, vals, reduce="amax"),
+                          "the latents' maxima")
+        self.since_fired += rows
+        self.since_fired[counts[0] > 0] = 0
+        self.fired += counts[0]
+        self.act_sum += counts[1]
+        torch.maximum(self.act_max, top, out=self.act_max)
+        return int(counts[0].sum())
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self, data: Union[Tensor, Iterable[Tensor], TensorBatches, IterableBatches], steps: Optional[int] = None,
@@ -229,6 +250,12 @@ class Trainer:
             lm["token_batches"] = list(eval_tokens)          # evaluated more than once
         else:
             lm = {}
+        # Data-parallel: rank 0 alone shows progress, logs, evaluates and writes checkpoints (the
+        # replicas are identical); every rank reads the same global batches and takes its share.
+        lead = self.dp.rank == 0
+        progress = progress and lead
+        if not lead:
+            log_path = wandb_project = checkpoint_dir = eval_data = None
         wandb_run = _wandb_run(wandb_project, cfg)
         from .._progress import bar as progress_bar
         bar = progress_bar(progress, total=steps, initial=self.step_count, desc=f"train {cfg.architecture} SAE",
@@ -251,7 +278,7 @@ class Trainer:
                 batch = data.batch(self.step_count) if isinstance(data, TensorBatches) else data.next()
                 if batch is None:
                     break
-                m = self.step(batch, steps)
+                m = self.step(self.dp.share(batch), steps)
                 losses.append(m["loss"])
                 if bar is not None:
                     bar.update(1)
@@ -278,7 +305,7 @@ class Trainer:
                 wandb_run.finish()
         if checkpoint_dir:
             self.save_checkpoint(checkpoint_dir)
-        if m is not None and until is None:
+        if m is not None and until is None and lead:
             self._report(m, losses, progress)
         return self.sae()
 
@@ -370,12 +397,13 @@ class Trainer:
             json.dump(self.cfg.to_dict(), f, indent=1)
 
     @classmethod
-    def from_checkpoint(cls, path: str, *, device="cpu") -> "Trainer":
-        """A trainer that continues the run saved at ``path``."""
+    def from_checkpoint(cls, path: str, *, device="cpu", group=None) -> "Trainer":
+        """A trainer that continues the run saved at ``path`` (data-parallel over ``group`` as
+        for the constructor; any number of ranks: the state is replicated)."""
         from ..formats._common import read_json, torch_load
         cfg = TrainConfig(**read_json(os.path.join(path, CONFIG_FILE)))
         state = torch_load(os.path.join(path, STATE_FILE))
-        trainer = cls(int(state["d_in"]), cfg, device=device)
+        trainer = cls(int(state["d_in"]), cfg, device=device, group=group)
         trainer.load_state_dict(state)
         return trainer
 

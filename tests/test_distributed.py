@@ -1,0 +1,216 @@
+"""Latent-sharded SAEs (issue 14): real gloo processes on 127.0.0.1 (tests/distributed_worker.py),
+compared with the unsharded SAE in this process. Few, small, bounded processes: CI has 2 cores."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sae_native as sn
+from sae_native.distributed import merge
+from sae_native import reference
+from sae_native.cli import main as cli_main
+
+sys.path.insert(0, os.path.dirname(__file__))
+from distributed_worker import (CLAMP, N, SIZES, TRAIN_COMMON, TRAIN_RUNS, case_input, case_sae,  # noqa: E402
+                                train_data)
+
+WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
+HANG_GUARD_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(case: str, world: int, tmp) -> list:
+    """Runs ``world`` ranks of ``case``; returns each rank's results (a dict)."""
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, WORKER, case, str(r), str(world), str(port), str(tmp)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) for r in range(world)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=HANG_GUARD_S)[0].decode(errors="replace"))
+    finally:
+        for p in procs:
+            p.kill()
+    results = []
+    for r in range(world):
+        path = os.path.join(tmp, f"rank{r}.pt")
+        if case == "dead" and r == 1:
+            results.append(None)
+            continue
+        assert os.path.exists(path), f"rank {r} wrote nothing:\n" + "\n".join(logs)
+        res = torch.load(path, weights_only=False)
+        os.remove(path)
+        assert "crash" not in res, f"rank {r}:\n{res['crash']}\n" + "\n".join(logs)
+        results.append(res)
+    return results
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_codes_are_bit_identical_and_decode_steer_match(world, tmp_path):
+    results = launch("encode", world, tmp_path)
+    x = case_input()
+    for activation in ("topk", "jumprelu", "relu"):
+        sae = case_sae(activation)
+        ref = sae.encode(x)
+        ranges = [res[activation]["range"] for res in results]
+        bounds = [0] + list(torch.tensor(SIZES[world]).cumsum(0).tolist())
+        assert ranges == list(zip(bounds[:-1], bounds[1:]))
+        for res in results:
+            got = res[activation]
+            assert torch.equal(got["values"], ref.values) and torch.equal(got["indices"], ref.indices), activation
+            assert torch.equal(got["codes3d"], ref.indices.view(1, N, -1))
+            assert got["empty"][0] == 0
+            torch.testing.assert_close(got["decode"], sae.decode(ref), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got["call"], sae(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got["steer"], sae.steer(x, CLAMP), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got["steer_no_error"], sae.steer(x, CLAMP, keep_error=False), rtol=1e-5,
+                                       atol=1e-5)
+            torch.testing.assert_close(got["steer_scale_active"],
+                                       sae.steer(x, {2: 3.0, 30: 0.5}, mode="scale", where="active"),
+                                       rtol=1e-5, atol=1e-5)
+    # the tie row: 35 latents tied at pre-activation -1 behind the two positive ones
+    topk = case_sae("topk").encode(x)
+    assert topk.indices[3].tolist()[:2] == [4, 30] and topk.values[3, 2:].eq(0).all()
+    assert topk.indices[3, 2:].tolist() == [0, 1, 2]                 # the ties go to the lowest latents
+    # a row whose zero-valued picks are its largest negative pre-activations, not the lowest latents
+    assert topk.values[5, 2:].eq(0).all() and topk.indices[5, 2:].tolist() != [0, 1, 2]
+
+
+def test_a_2d_mesh_of_replicas_and_shards_agrees(tmp_path):
+    results = launch("mesh", 4, tmp_path)
+    for res in results:
+        for activation in ("topk", "jumprelu"):
+            got = res[activation]
+            sae, x = case_sae(activation), case_input(seed=got["replica"])
+            ref = sae.encode(x)
+            assert torch.equal(got["values"], ref.values) and torch.equal(got["indices"], ref.indices)
+            torch.testing.assert_close(got["decode"], sae.decode(ref), rtol=1e-5, atol=1e-5)
+    assert sorted(r["topk"]["replica"] for r in results) == [0, 0, 1, 1]
+    assert {r["topk"]["range"] for r in results} == {(0, 18), (18, 37)}
+
+
+def test_checkpoint_round_trip_2_to_3_to_1_processes(tmp_path):
+    sae, x = case_sae("jumprelu"), case_input()
+    first = launch("save", 2, tmp_path)
+    assert all("already holds a sharded SAE" in r["again"] for r in first)
+    ckpt = tmp_path / "ckpt"
+    assert sorted(os.listdir(ckpt)) == ["shard-00000-of-00002.safetensors", "shard-00001-of-00002.safetensors",
+                                         "sharded.json"]
+    loaded = sn.load(ckpt)                                     # one process reads it as one SAE
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        assert torch.equal(getattr(loaded, name), getattr(sae, name)), name
+    assert loaded.activation == "jumprelu" and not loaded.apply_b_dec_to_input
+    assert loaded.metadata["hook_name"] == "blocks.3.hook_resid_post"
+    second = launch("load", 3, tmp_path)                      # re-sharded 2 -> 3 on load, saved as 3
+    ref = sae.encode(x)
+    assert [r["load"]["range"] for r in second] == [(0, 12), (12, 24), (24, 37)]
+    for r in second:
+        assert torch.equal(r["load"]["values"], ref.values) and torch.equal(r["load"]["indices"], ref.indices)
+        assert r["load"]["hook_name"] == "blocks.3.hook_resid_post"
+    assert sorted(os.listdir(ckpt)) == [f"shard-0000{r}-of-00003.safetensors" for r in range(3)] + ["sharded.json"]
+    again = sn.load(ckpt)
+    assert torch.equal(again.W_enc, sae.W_enc) and torch.equal(again.threshold, sae.threshold)
+
+
+def test_data_parallel_training_takes_the_single_process_steps(tmp_path):
+    results = launch("train", 2, tmp_path)
+    for arch, kw in TRAIN_RUNS.items():
+        one = sn.train(train_data(), architecture=arch, progress=False, **TRAIN_COMMON, **kw)
+        for rank, res in enumerate(results):
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+                want, got = getattr(one, name), res[arch][name]
+                if want is None:
+                    assert got is None
+                else:
+                    torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-5, msg=f"{arch} {name} rank {rank}")
+            assert res[arch]["evaluated"] == (rank == 0)        # rank 0 evaluates the held-out rows
+        logged = (tmp_path / f"{arch}.jsonl").read_text().splitlines()
+        # one log, rank 0's: steps 10 and 12, and the held-out evaluation at the end
+        assert [json.loads(line)["step"] for line in logged] == [10, 12, 12] and "eval/fvu" in logged[2]
+
+
+def test_ranks_that_disagree_get_the_same_clear_error(tmp_path):
+    results = launch("mismatch", 2, tmp_path)
+    for r in results:
+        assert "the ranks disagree on shard (k: rank 0 5, rank 1 6)" in r["shard_error"]
+        assert "the ranks disagree on encode (x rows: rank 0 10, rank 1 11)" in r["encode_error"]
+
+
+def test_a_dead_rank_fails_the_others_naming_the_collective(tmp_path):
+    results = launch("dead", 2, tmp_path)
+    msg = results[0]["dead_error"]
+    assert "all_gather" in msg and "encode" in msg and "rank 0 of 2" in msg
+
+
+# ---- the merge, in one process, against the dense float64 definition --------------------------
+
+@pytest.mark.parametrize("d_sae,k,sizes", [(1, 1, [1]), (7, 3, [1, 6]), (31, 4, [2, 2, 27]), (64, 17, [16, 5, 43])])
+def test_merge_topk_and_threshold_match_the_dense_definition(d_sae, k, sizes):
+    g = torch.Generator().manual_seed(d_sae)
+    pre = torch.randint(-4, 5, (23, d_sae), generator=g).double()     # integers: many exact ties
+    want_v, want_i = reference.topk_select(pre, k)
+    bounds = [0] + torch.tensor(sizes).cumsum(0).tolist()
+    keys, vals, idxs, tv, ti = [], [], [], [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        kk = min(k, b - a)
+        order = reference.ranked(pre[:, a:b])[:, :kk]
+        v, i = reference.listed(pre[:, a:b].gather(1, order).relu(), order)
+        keys.append(torch.nn.functional.pad(torch.where(v > 0, v, pre[:, a:b].gather(1, i).clamp_max(0)),
+                                            (0, k - kk), value=-float("inf")))
+        vals.append(torch.nn.functional.pad(v, (0, k - kk)))
+        idxs.append(torch.nn.functional.pad(i + a, (0, k - kk), value=-1))
+        lv, li, _ = reference.threshold_select(pre[:, a:b], None)
+        tv.append(lv)
+        ti.append(torch.where(li >= 0, li + a, li))
+    got_v, got_i = merge.topk(keys, vals, idxs, k)
+    assert torch.equal(got_v, want_v) and torch.equal(got_i, want_i)
+    want = reference.threshold_select(pre, None)
+    got = merge.threshold(tv, ti, compact_nonfinite=True)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_merge_threshold_keeps_the_lowest_nonfinite_latent_of_the_sae():
+    v = [torch.tensor([[1.0, 0.0]]), torch.tensor([[float("nan"), 2.0]]), torch.tensor([[float("inf"), 0.0]])]
+    i = [torch.tensor([[0, -1]]), torch.tensor([[5, 3]]), torch.tensor([[9, -1]])]
+    values, indices, counts = merge.threshold(v, i, compact_nonfinite=True)
+    assert indices.tolist() == [[5]] and counts.tolist() == [1] and torch.isnan(values).all()
+    values, indices, counts = merge.threshold(v, i, compact_nonfinite=False)
+    assert counts.tolist() == [4] and indices.tolist() == [[5, 9, 3, 0]]
+
+
+def test_shard_needs_torch_distributed_and_a_shardable_sae():
+    sae = case_sae("topk")
+    with pytest.raises(RuntimeError, match="torch.distributed is not initialised"):
+        sn.distributed.shard(sae)
+    with pytest.raises(TypeError, match="sae: expected an sn.SAE"):
+        sn.distributed.shard(sae.W_enc)
+    assert sn.distributed.even_ranges(10, 3) == [(0, 3), (3, 6), (6, 10)]
+
+
+def test_cli_train_nproc_launches_data_parallel_ranks(tmp_path):
+    acts = tmp_path / "acts.pt"
+    torch.save(train_data(), acts)
+    common = ["train", "--activations", str(acts), "--architecture", "topk", "--d-sae", "37", "--k", "5",
+              "--steps", "12", "--batch-size", "64", "--seed", "3", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "sae_native", *common, "--out", str(tmp_path / "two"), "--nproc", "2"],
+                         capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert two.stdout.count("saved the SAE") == 1                     # rank 0 reports
+    assert cli_main(common + ["--out", str(tmp_path / "one")]) == 0
+    a, b = sn.load(tmp_path / "two"), sn.load(tmp_path / "one")
+    torch.testing.assert_close(a.W_enc, b.W_enc, rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(a.W_dec, b.W_dec, rtol=2e-4, atol=2e-5)
+    bad = subprocess.run([sys.executable, "-m", "sae_native", *common, "--out", str(tmp_path / "bad"), "--nproc", "2",
+                          "--batch-size", "63"], capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
+    assert bad.returncode != 0 and "--batch-size: data-parallel training splits each batch evenly over 2" in bad.stderr
