@@ -53,6 +53,11 @@ TRAIN_RUNS = {"topk": dict(k=K, dead_tokens=128), "batchtopk": dict(k=3.5, topk_
               "relu": {}, "jumprelu": {}}
 
 
+def hook_tokens():
+    g = torch.Generator().manual_seed(7)
+    return torch.randint(3, 128, (5, 9), generator=g)
+
+
 def train_data():
     from sae_native.training.synthetic import superposition
     return superposition(n=900, d=D_IN, n_features=40, l0=3.0, seed=4)[0]
@@ -104,6 +109,24 @@ def run(case: str, rank: int, world: int, out: dict, tmp: str) -> None:
                            **TRAIN_COMMON, **kw)
             out[arch] = {name: getattr(sae, name) for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
             out[arch]["evaluated"] = "evaluation" in sae.metadata
+    elif case == "hooks":
+        from models import random_sae, tiny_llama
+        model, site = tiny_llama()
+        sharded = snd.shard(random_sae("topk", k=8), sizes=[40, 56])
+        ids = hook_tokens()
+        with sn.record(model, site, sharded) as rec:
+            model(ids)
+        out["recorded"] = rec.codes[-1].indices
+        with sn.steer(model, site, sharded, {3: 5.0, 70: -2.0}):
+            out["steered"] = model(ids).logits
+        with sn.splice(model, site, sharded):
+            out["spliced"] = model(ids).logits
+        stats = sn.feature_stats(model, site, sharded, [ids[:2], ids[2:]], top_examples=3, progress=False)
+        out["spmd_stats"] = stats
+        # the corpus split across the ranks, each rank the full SAE: the whole corpus's statistics
+        mine = [ids[:2]] if rank == 0 else [ids[2:]]     # (the same batches as the one-process run)
+        out["split_stats"] = sn.feature_stats(model, site, random_sae("topk", k=8), mine, top_examples=3,
+                                              progress=False, group="world")
     elif case == "mismatch":
         sae = case_sae("topk")
         if rank == 1:

@@ -16,7 +16,7 @@ from sae_native.cli import main as cli_main
 
 sys.path.insert(0, os.path.dirname(__file__))
 from distributed_worker import (CLAMP, N, SIZES, TRAIN_COMMON, TRAIN_RUNS, case_input, case_sae,  # noqa: E402
-                                train_data)
+                                hook_tokens, train_data)
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 HANG_GUARD_S = 180
@@ -137,6 +137,37 @@ def test_data_parallel_training_takes_the_single_process_steps(tmp_path):
         logged = (tmp_path / f"{arch}.jsonl").read_text().splitlines()
         # one log, rank 0's: steps 10 and 12, and the held-out evaluation at the end
         assert [json.loads(line)["step"] for line in logged] == [10, 12, 12] and "eval/fvu" in logged[2]
+
+
+def test_hooks_and_feature_stats_take_a_sharded_sae_and_a_split_corpus(tmp_path):
+    from models import random_sae, tiny_llama
+    results = launch("hooks", 2, tmp_path)
+    model, site = tiny_llama()
+    sae, ids = random_sae("topk", k=8), hook_tokens()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # as the ranks run: the model's float sums depend on the threads
+    try:
+        with sn.record(model, site, sae) as rec:
+            model(ids)
+        with torch.no_grad(), sn.steer(model, site, sae, {3: 5.0, 70: -2.0}):
+            steered = model(ids).logits
+        with torch.no_grad(), sn.splice(model, site, sae):
+            spliced = model(ids).logits
+        whole = sn.feature_stats(model, site, sae, [ids[:2], ids[2:]], top_examples=3, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    for res in results:
+        assert torch.equal(res["recorded"], rec.codes[-1].indices)
+        torch.testing.assert_close(res["steered"], steered, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(res["spliced"], spliced, rtol=1e-4, atol=1e-4)
+        for got in (res["spmd_stats"], res["split_stats"]):
+            assert got.n_tokens == whole.n_tokens == 45
+            assert torch.equal(got.max, whole.max)
+            torch.testing.assert_close(got.frequency, whole.frequency)
+            torch.testing.assert_close(got.mean, whole.mean)
+            assert torch.equal(got.top_values, whole.top_values)
+            assert torch.equal(got.top_texts, whole.top_texts) and torch.equal(got.top_positions, whole.top_positions)
+    assert whole.top_texts.max() >= 3                     # the second rank's texts are in the top examples
 
 
 def test_ranks_that_disagree_get_the_same_clear_error(tmp_path):

@@ -82,7 +82,7 @@ def accumulate(codes_values: Tensor, codes_indices: Tensor, d_sae: int, sums: di
 
 
 def feature_stats(model: torch.nn.Module, site, sae, batches: Iterable, *, top_examples: int = 0,
-                  progress: bool = True) -> FeatureStats:
+                  progress: bool = True, group=None) -> FeatureStats:
     """Runs ``model`` on every batch and collects each feature's statistics at ``site``.
 
     ``batches`` yields token-id tensors ``[batch, seq]`` or dicts of model inputs (an
@@ -90,6 +90,12 @@ def feature_stats(model: torch.nn.Module, site, sae, batches: Iterable, *, top_e
     so ``clamp={f: ("max", 10)}`` means 10 x feature f's maximum. ``top_examples`` keeps that many
     top-activating (text, position, value) per feature. A tqdm progress bar shows when ``progress``
     and tqdm is installed.
+
+    ``group`` (a torch.distributed process group; ``"world"`` for the default one): the corpus is
+    split across its ranks, rank 0 holding the first texts, rank 1 the next, and so on; each rank
+    passes its own ``batches``, and every rank gets the statistics of the whole corpus (text
+    indices counted across ranks in that order), as one process reading it all would. A sharded SAE
+    on ranks that all read the same texts (SPMD) needs no group.
     """
     from .hooks import record
 
@@ -126,6 +132,8 @@ def feature_stats(model: torch.nn.Module, site, sae, batches: Iterable, *, top_e
                 top.add(indices[active], values[active], texts[:, None].expand(-1, k)[active],
                         positions[:, None].expand(-1, k)[active])
             n_texts += b
+    if group is not None:
+        n_tokens = _reduce_across(group, sums, top, n_tokens, n_texts)
     denom = max(n_tokens, 1)
     stats = FeatureStats(max=sums["max"], frequency=(sums["count"] / denom).float(), mean=(sums["sum"] / denom).float(),
                          n_tokens=n_tokens, top_values=None if top is None else top.values,
@@ -133,3 +141,32 @@ def feature_stats(model: torch.nn.Module, site, sae, batches: Iterable, *, top_e
                          top_positions=None if top is None else top.positions)
     sae.stats = stats
     return stats
+
+
+def _reduce_across(group, sums: dict, top: Optional[TopExamples], n_tokens: int, n_texts: int) -> int:
+    """Reduces per-rank statistics of a corpus split across ``group`` (in rank order) in place;
+    returns the corpus's token count."""
+    from .distributed import _comm
+    group = _comm.resolve_group(None if group == "world" else group)
+    sums["max"] = _comm.all_reduce(sums["max"], "the features' maxima (feature_stats)", group, "max")
+    both = _comm.all_reduce_sum(torch.stack([sums["count"], sums["sum"]]), "the features' counts (feature_stats)", group)
+    sums["count"], sums["sum"] = both[0], both[1]
+    counts = _comm.all_gather(torch.tensor([n_tokens, n_texts, top.e if top is not None else 0], dtype=torch.int64),
+                              "the ranks' token counts (feature_stats)", group)
+    if len({int(c[2]) for c in counts}) > 1:
+        raise ValueError("top_examples: the ranks passed different values (" +
+                         ", ".join(f"rank {r} {int(c[2])}" for r, c in enumerate(counts)) + ")")
+    if top is not None:
+        # Each rank's table with its texts renumbered after the earlier ranks' texts, merged in
+        # rank order: ties go to the earlier text, as in one pass over the whole corpus.
+        offsets = torch.tensor([0] + [int(c[1]) for c in counts]).cumsum(0)
+        parts = _comm.all_gather(torch.stack([top.values.double(), top.texts.double(), top.positions.double()]),
+                                 "the top examples (feature_stats)", group)
+        merged = TopExamples(top.d_sae, top.e, top.values.device)
+        for r, part in enumerate(parts):
+            values, texts, positions = part[0].float(), part[1].long(), part[2].long()
+            used = texts >= 0
+            features = torch.arange(top.d_sae, device=values.device)[:, None].expand_as(values)
+            merged.add(features[used], values[used], texts[used] + int(offsets[r]), positions[used])
+        top.values, top.texts, top.positions = merged.values, merged.texts, merged.positions
+    return sum(int(c[0]) for c in counts)

@@ -218,6 +218,11 @@ class ShardedSAE:
             y = _comm.all_reduce_sum(part, "the clamped reconstructions (steer)", self._group) + self.b_dec.to(x2.dtype)
         return y.reshape(*lead, self.d_in).to(x.dtype)
 
+    def parse_clamp(self, clamp):
+        """Validates a clamp once into a ParsedClamp that later steer calls accept (as SAE's)."""
+        return parse_clamp(clamp, self.d_sae, torch.float32 if self.dtype != torch.float64 else torch.float64,
+                           self.device, None if self.stats is None else self.stats.max)
+
     # ---- checkpoints -----------------------------------------------------------------------
     def save(self, path, *, overwrite: bool = False) -> None:
         """Writes the sharded checkpoint: every rank its slice, rank 0 the manifest (formats in
