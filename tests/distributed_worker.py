@@ -52,6 +52,8 @@ TRAIN_COMMON = dict(d_sae=D_SAE, batch_size=64, steps=12, seed=3, holdout=0.1)
 TRAIN_RUNS = {"topk": dict(k=K, dead_tokens=128), "batchtopk": dict(k=3.5, topk_warmup=0.25, dead_tokens=128),
               "relu": {}, "jumprelu": {}}
 
+LATENT_RUNS = {"topk": dict(k=K, dead_tokens=128), "relu": {}, "jumprelu": {}}
+
 
 def hook_tokens():
     g = torch.Generator().manual_seed(7)
@@ -88,6 +90,11 @@ def run(case: str, rank: int, world: int, out: dict, tmp: str) -> None:
             codes = sharded.encode(x)
             out[activation] = {"replica": replica, "range": sharded.shard_range, "values": codes.values,
                                "indices": codes.indices, "decode": sharded.decode(codes)}
+        # training on the same mesh: 2 data-parallel replicas of 2 latent shards
+        sae = sn.train(train_data(), architecture="topk", progress=False, latent_shards=2, **TRAIN_COMMON,
+                       **TRAIN_RUNS["topk"])
+        out["train"] = {"range": sae.shard_range, "W_enc": sae.local.W_enc, "W_dec": sae.local.W_dec,
+                        "b_dec": sae.local.b_dec}
     elif case == "save":
         sae = case_sae("jumprelu")
         sae.metadata["hook_name"] = "blocks.3.hook_resid_post"
@@ -127,6 +134,16 @@ def run(case: str, rank: int, world: int, out: dict, tmp: str) -> None:
         mine = [ids[:2]] if rank == 0 else [ids[2:]]     # (the same batches as the one-process run)
         out["split_stats"] = sn.feature_stats(model, site, random_sae("topk", k=8), mine, top_examples=3,
                                               progress=False, group="world")
+    elif case == "train_latent":
+        for arch, kw in LATENT_RUNS.items():
+            ckpt = os.path.join(tmp, f"ckpt-{arch}")
+            sae = sn.train(train_data(), architecture=arch, progress=False, latent_shards=world, checkpoint_dir=ckpt,
+                           **TRAIN_COMMON, **kw)
+            out[arch] = {"range": sae.shard_range, "type": type(sae).__name__, "global_max": sae.stats.max,
+                         **{n: getattr(sae.local, n) for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}}
+            resumed = sn.Trainer.from_checkpoint(ckpt)
+            out[arch]["resumed_equal"] = torch.equal(resumed.sae().local.W_dec, sae.local.W_dec) and \
+                resumed.step_count == TRAIN_COMMON["steps"]
     elif case == "mismatch":
         sae = case_sae("topk")
         if rank == 1:

@@ -16,7 +16,7 @@ from sae_native.cli import main as cli_main
 
 sys.path.insert(0, os.path.dirname(__file__))
 from distributed_worker import (CLAMP, N, SIZES, TRAIN_COMMON, TRAIN_RUNS, case_input, case_sae,  # noqa: E402
-                                hook_tokens, train_data)
+                                LATENT_RUNS, hook_tokens, train_data)
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 HANG_GUARD_S = 180
@@ -97,6 +97,12 @@ def test_a_2d_mesh_of_replicas_and_shards_agrees(tmp_path):
             torch.testing.assert_close(got["decode"], sae.decode(ref), rtol=1e-5, atol=1e-5)
     assert sorted(r["topk"]["replica"] for r in results) == [0, 0, 1, 1]
     assert {r["topk"]["range"] for r in results} == {(0, 18), (18, 37)}
+    one = sn.train(train_data(), architecture="topk", progress=False, **TRAIN_COMMON, **TRAIN_RUNS["topk"])
+    for r in results:                       # 2 replicas x 2 latent shards trained as one process
+        a, b = r["train"]["range"]
+        torch.testing.assert_close(r["train"]["W_enc"], one.W_enc[:, a:b], rtol=2e-4, atol=2e-5)
+        torch.testing.assert_close(r["train"]["W_dec"], one.W_dec[a:b], rtol=2e-4, atol=2e-5)
+        torch.testing.assert_close(r["train"]["b_dec"], one.b_dec, rtol=2e-4, atol=2e-5)
 
 
 def test_checkpoint_round_trip_2_to_3_to_1_processes(tmp_path):
@@ -137,6 +143,26 @@ def test_data_parallel_training_takes_the_single_process_steps(tmp_path):
         logged = (tmp_path / f"{arch}.jsonl").read_text().splitlines()
         # one log, rank 0's: steps 10 and 12, and the held-out evaluation at the end
         assert [json.loads(line)["step"] for line in logged] == [10, 12, 12] and "eval/fvu" in logged[2]
+
+
+def test_latent_sharded_training_takes_the_single_process_steps(tmp_path):
+    results = launch("train_latent", 2, tmp_path)
+    for arch, kw in LATENT_RUNS.items():
+        one = sn.train(train_data(), architecture=arch, progress=False, **TRAIN_COMMON, **kw)
+        for res in results:
+            got = res[arch]
+            a, b = got["range"]
+            assert got["type"] == "ShardedSAE" and got["resumed_equal"]
+            for name, want in (("W_enc", one.W_enc[:, a:b]), ("b_enc", one.b_enc[a:b]), ("W_dec", one.W_dec[a:b]),
+                               ("b_dec", one.b_dec), ("threshold", None if one.threshold is None else one.threshold[a:b])):
+                if want is None:
+                    assert got[name] is None
+                else:
+                    torch.testing.assert_close(got[name], want, rtol=2e-4, atol=2e-5, msg=f"{arch} {name}")
+            torch.testing.assert_close(got["global_max"], one.stats.max, rtol=2e-4, atol=2e-5)
+        saved = sn.load(tmp_path / f"ckpt-{arch}")        # the sharded checkpoint, read whole
+        torch.testing.assert_close(saved.W_dec, one.W_dec, rtol=2e-4, atol=2e-5)
+        assert saved.activation == one.activation and saved.k == one.k
 
 
 def test_hooks_and_feature_stats_take_a_sharded_sae_and_a_split_corpus(tmp_path):

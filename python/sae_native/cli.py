@@ -230,7 +230,7 @@ def _train_rank(args, parser, rank: int, world: int) -> int:
         parser.error("--model needs --site and --texts")
     options = {name: getattr(args, name) for name in ("warmup_steps", "decay_from", "auxk_coef", "dead_tokens",
                                                       "normalize_decoder", "bandwidth", "init_threshold",
-                                                      "sparsity_warmup", "matryoshka_widths", "threshold_rate", "topk_warmup",
+                                                      "sparsity_warmup", "matryoshka_widths", "threshold_rate", "topk_warmup", "latent_shards",
                                                       "weight_dtype", "log_every", "holdout", "eval_every")
                if getattr(args, name) is not None}
     k = args.k if args.k is None or not float(args.k).is_integer() else int(args.k)
@@ -240,9 +240,12 @@ def _train_rank(args, parser, rank: int, world: int) -> int:
                                    seed=args.seed, **options).validate()
     except ValueError as e:
         parser.error(str(e))
-    if cfg.batch_size % world:
-        parser.error(f"--batch-size: data-parallel training splits each batch evenly over {world} ranks; "
-                     f"{cfg.batch_size} does not divide by {world}")
+    if world % cfg.latent_shards:
+        parser.error(f"--latent-shards: the {world} ranks cannot form replicas of {cfg.latent_shards} shards")
+    replicas = world // cfg.latent_shards
+    if cfg.batch_size % replicas:
+        parser.error(f"--batch-size: data-parallel training splits each batch evenly over {replicas} replicas; "
+                     f"{cfg.batch_size} does not divide by {replicas}")
     if args.activations:
         try:
             data = _load_activations(args.activations)
@@ -266,7 +269,8 @@ def _train_rank(args, parser, rank: int, world: int) -> int:
         parser.error(str(e))
     if rank != 0:                   # (rank 0 wrote the checkpoint and reports; the replicas are equal)
         return 0
-    print(f"saved the SAE (SAELens format) and its training state to {args.out}")
+    form = "sharded, docs/formats.md" if cfg.latent_shards > 1 else "SAELens format"
+    print(f"saved the SAE ({form}) and its training state to {args.out}")
     ev = sae.metadata.get("evaluation")
     if ev:
         print("on {tokens:,} held-out activations: explained variance {explained_variance:.4f}, FVU {fvu:.4f}, "
@@ -536,8 +540,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     par = train.add_argument_group("data-parallel")
     par.add_argument("--nproc", type=int, metavar="N", help="train on N processes of this machine (torchrun with "
-                                                            "gloo, or NCCL on --device cuda): each takes 1/N of "
-                                                            "every batch; --batch-size must divide by N")
+                                                            "gloo, or NCCL on --device cuda): each replica takes "
+                                                            "its share of every batch")
+    par.add_argument("--latent-shards", type=int, metavar="S", help="split the latents over S of the ranks (topk, "
+                                                                    "relu, jumprelu); N / S data-parallel replicas "
+                                                                    "of that split; writes a sharded SAE")
     demo = sub.add_parser("demo", help="find a concept's feature in SmolLM2 and steer the model with it",
                           description="The Golden Gate experiment on SmolLM2-135M-Instruct (layer 15): writes a corpus "
                                       "with the model, trains a TopK SAE on it (cached), finds the concept's feature "

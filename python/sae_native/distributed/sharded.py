@@ -136,19 +136,10 @@ class ShardedSAE:
     def _encode_topk(self, x2: Tensor, start: int) -> Tuple[Tensor, Tensor]:
         local = self._local
         codes = local.encode(x2, nan="propagate")
-        v, i = codes.values, codes.indices
-        x_in = x2.to(v.dtype)
+        x_in = x2.to(codes.values.dtype)
         if self.apply_b_dec_to_input:
-            x_in = x_in - self.b_dec.to(v.dtype)
-        key = merge.zero_keys(x_in, local.W_enc, local.b_enc, v, i)
-        pad = self.k - v.shape[1]          # a shard narrower than k sends all its latents
-        key = torch.nn.functional.pad(key, (0, pad), value=-float("inf"))
-        v = torch.nn.functional.pad(v, (0, pad))
-        gi = torch.nn.functional.pad(i + start, (0, pad), value=-1)
-        parts = _comm.all_gather(torch.stack([key.double(), v.double(), gi.double()]),
-                                 "the top-k candidates (encode)", self._group)
-        return merge.topk([p[0] for p in parts], [p[1].to(v.dtype) for p in parts], [p[2].long() for p in parts],
-                          self.k)
+            x_in = x_in - self.b_dec.to(x_in.dtype)
+        return global_topk(x_in, local.W_enc, local.b_enc, codes.values, codes.indices, start, self.k, self._group)
 
     # ---- decode and steer ------------------------------------------------------------------
     def _local_codes(self, values: Tensor, indices: Tensor) -> Tuple[Tensor, Tensor]:
@@ -229,6 +220,21 @@ class ShardedSAE:
         docs/formats.md). ``sn.load(path)`` reads it as one SAE; ``load_shard`` on any world size."""
         from .checkpoint import save
         save(self, path, overwrite=overwrite)
+
+
+def global_topk(x_in: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, indices: Tensor, start: int, k: int,
+                group, what: str = "the top-k candidates (encode)") -> Tuple[Tensor, Tensor]:
+    """The global TopK codes ``[N, k]`` from this rank's candidates ``(values, indices) [N, c]``
+    (local indices of latents from ``start``; W_enc, b_enc this rank's slices; ``x_in`` the
+    encoder's input): one all_gather of (sort key, value, global index) triples, merged exactly."""
+    v = values.detach()
+    key = merge.zero_keys(x_in.detach(), W_enc.detach(), b_enc.detach(), v, indices)
+    pad = k - v.shape[1]                   # a shard narrower than k sends all its latents
+    key = torch.nn.functional.pad(key, (0, pad), value=-float("inf"))
+    v = torch.nn.functional.pad(v, (0, pad))
+    gi = torch.nn.functional.pad(indices + start, (0, pad), value=-1)
+    parts = _comm.all_gather(torch.stack([key.double(), v.double(), gi.double()]), what, group)
+    return merge.topk([p[0] for p in parts], [p[1].to(v.dtype) for p in parts], [p[2].long() for p in parts], k)
 
 
 def shard(sae: SAE, group=None, *, sizes: Optional[Sequence[int]] = None) -> ShardedSAE:

@@ -70,6 +70,10 @@ class TrainConfig:
                   last rows: other texts than the ones trained on), default 0.05 but at most
                   65,536 rows; 0 trains on every row. Iterables take ``eval_data=`` instead.
     eval_every    steps between evaluations on the held-out rows (default: only at the end)
+    latent_shards  split the latents over this many ranks of a torch.distributed job (topk, relu,
+                  jumprelu); the job's other ranks form data-parallel replicas of that split
+                  (world / latent_shards of them). Default 1: every rank holds every latent.
+                  The result is an sn.distributed.ShardedSAE, the checkpoints sharded ones
     """
     architecture: str = "topk"
     d_sae: int = 4096
@@ -95,6 +99,7 @@ class TrainConfig:
     log_every: int = 10
     holdout: float = 0.05
     eval_every: Optional[int] = None
+    latent_shards: int = 1
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -131,6 +136,8 @@ class TrainConfig:
         if isinstance(self.threshold_rate, bool) or not isinstance(self.threshold_rate, (int, float)) \
                 or not 0 < self.threshold_rate <= 1:
             raise ValueError(f"threshold_rate: expected a number in (0, 1], got {self.threshold_rate!r}")
+        if isinstance(self.latent_shards, bool) or not isinstance(self.latent_shards, int) or self.latent_shards < 1:
+            raise ValueError(f"latent_shards: expected an int >= 1, got {self.latent_shards!r}")
         if self.eval_every is not None and (isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int)
                                             or self.eval_every < 1):
             raise ValueError(f"eval_every: expected an int >= 1, got {self.eval_every!r}")

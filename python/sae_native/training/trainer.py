@@ -38,13 +38,18 @@ class Trainer:
         self.cfg = config.validate()
         # Data-parallel over ``group`` (parallel.make: by default every rank of an initialised
         # torch.distributed job); the ranks hold identical replicas and take identical steps.
-        self.dp = parallel.make(group)
         if isinstance(d_in, bool) or not isinstance(d_in, int) or d_in < 1:
             raise ValueError(f"d_in: expected an int >= 1, got {d_in!r}")
+        if config.latent_shards > 1 and config.architecture not in ("topk", "relu", "jumprelu"):
+            raise ValueError(f"latent_shards: sharding the latents trains topk, relu and jumprelu SAEs, not "
+                             f"{config.architecture!r} (train it data-parallel: latent_shards=1)")
+        layout = parallel.make(group, config.latent_shards, config.d_sae, str(device))
+        # ``lat``: this rank holds only latents [start, stop) (parallel.LatentShards), or None.
+        self.dp, self.lat = layout.dp, layout.latent
         self.d_in, self.device = d_in, torch.device(device)
-        g = torch.Generator().manual_seed(config.seed)
-        d_sae = config.d_sae
-        W_dec = torch.randn(d_sae, d_in, generator=g)
+        start, stop = (self.lat.start, self.lat.stop) if self.lat else (0, config.d_sae)
+        d_sae = stop - start                  # this rank's latents
+        W_dec = _init_rows(config.seed, start, stop, config.d_sae, d_in)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         if not config.unit_decoder:
             W_dec *= 0.1  # Anthropic's init for an unconstrained decoder: small random directions
@@ -108,9 +113,17 @@ class Trainer:
         W_enc, W_dec = self._kernel_weights()
         B = xs.shape[0]                     # this rank's share of the global batch
         B_all = B * self.dp.world
+        lat = self.lat
+        # b_dec as the encoder reads it: latent shards each use it for their slice, and its
+        # gradient from the encoders is the sum over the shards
+        b_in = lat.sum_backward(self.b_dec) if lat else self.b_dec
         metrics: Dict[str, float] = {}
-        z, values, indices = self._encode(xs, W_enc, total_steps)
-        x_hat = _ops.decode(z, indices, W_dec, self.b_dec, False)   # the encode's own codes: no check
+        z, values, indices = self._encode(xs, W_enc, b_in, total_steps)
+        if lat:                             # this rank's latents' part of the reconstruction, summed
+            x_hat = lat.sum_forward(_ops.decode(z, indices, W_dec, None, False), "the partial reconstructions "
+                                    "(training step)") + self.b_dec
+        else:
+            x_hat = _ops.decode(z, indices, W_dec, self.b_dec, False)   # the encode's own codes: no check
         err = xs - x_hat
         recon = err.pow(2).sum(-1).mean() / self.d_in
         loss = recon
@@ -118,10 +131,15 @@ class Trainer:
         if cfg.architecture == "relu":
             norms = self.W_dec.norm(dim=1)
             l1 = (z * norms[indices.clamp_min(0)] * (indices >= 0)).sum(-1).mean()
+            if lat:
+                l1 = lat.sum_forward(l1.view(1), "the L1 penalty (training step)")[0]
             loss = loss + coef * l1 / self.d_in
             metrics["l1"] = float(l1.detach())
         elif cfg.architecture == "jumprelu":
-            loss = loss + coef * StepL0.apply(values, indices, self.log_threshold.exp(), cfg.bandwidth) / B
+            l0 = StepL0.apply(values, indices, self.log_threshold.exp(), cfg.bandwidth) / B
+            if lat:
+                l0 = lat.sum_forward(l0.view(1), "the L0 penalty (training step)")[0]
+            loss = loss + coef * l0
         elif cfg.architecture == "matryoshka_batchtopk":
             # Every nested prefix of the latents reconstructs x on its own (the full width is the
             # main term above): the first latents learn the most general features.
@@ -130,14 +148,19 @@ class Trainer:
                 loss = loss + (xs - inner).pow(2).sum(-1).mean() / self.d_in
         active = (z != 0) & (indices >= 0)
         dead = self.since_fired >= cfg.dead_after(total_steps * cfg.batch_size)
-        n_dead = int(dead.sum())
+        n_dead = int(lat.sum(dead.sum().view(1), "the dead latents' count")[0]) if lat else int(dead.sum())
         if cfg.architecture in K_ARCHITECTURES and n_dead > 0 and cfg.auxk_coef > 0:
             # AuxK (Gao et al. 2024): the dead latents' top-k_aux reconstruct what the live ones miss.
             k_aux = min(self.d_in // 2, n_dead)
             b_aux = torch.where(dead, self.b_enc, torch.full_like(self.b_enc, -math.inf))
-            v_aux, i_aux = _ops.encode_topk(xs, W_enc, b_aux, self.b_dec, k_aux, None)
+            v_aux, i_aux = _ops.encode_topk(xs, W_enc, b_aux, b_in, min(k_aux, len(b_aux)), None)
             e = err.detach()
-            e_hat = _ops.decode(v_aux, i_aux, W_dec, None, False)
+            if lat:                         # the dead latents' global top-k_aux
+                v_aux = v_aux * lat.chosen(xs - self.b_dec.detach(), W_enc, b_aux, v_aux, i_aux, k_aux,
+                                           "AuxK's candidates (training step)")
+                e_hat = lat.sum_forward(_ops.decode(v_aux, i_aux, W_dec, None, False), "AuxK's reconstructions")
+            else:
+                e_hat = _ops.decode(v_aux, i_aux, W_dec, None, False)
             # (the global batch's residual variance: every rank normalises alike)
             e_mean = self.dp.sum(e.sum(0), "AuxK's residual mean") / B_all
             denom = self.dp.sum((e - e_mean).pow(2).sum().view(1), "AuxK's residual variance")[0] / B_all
@@ -160,6 +183,8 @@ class Trainer:
             if cfg.unit_decoder:
                 self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
             n_active = self._track(z.detach(), indices, active, B_all)
+            if lat:
+                n_active = int(lat.sum(torch.tensor([n_active]), "the active latents' count")[0])
             if cfg.batch_selection_at(self.step_count, total_steps) and n_active:
                 # The inference threshold: a moving average of the smallest activation chosen
                 # (from the batch-wide selection only: the TopK phase's cut is another one).
@@ -177,20 +202,24 @@ class Trainer:
                        l0=n_active / B_all, dead=n_dead, lr=lr)
         return metrics
 
-    def _encode(self, xs: Tensor, W_enc: Tensor, total_steps: int):
+    def _encode(self, xs: Tensor, W_enc: Tensor, b_in: Tensor, total_steps: int):
         """The architecture's training codes: (z, pre, indices), z differentiable to the weights
-        (and the JumpReLU threshold), ``pre`` the values the sparsity term reads."""
+        (and the JumpReLU threshold), ``pre`` the values the sparsity term reads. With latent
+        shards, this rank's latents' codes (local indices; TopK: those in the global top k)."""
         cfg = self.cfg
         if cfg.architecture == "topk" or (cfg.architecture in BATCH_TOPK
                                           and not cfg.batch_selection_at(self.step_count, total_steps)):
             k = max(1, round(cfg.k))         # (BatchTopK's TopK phase: its k may be fractional)
-            values, indices = _ops.encode_topk(xs, W_enc, self.b_enc, self.b_dec, k, None)
+            values, indices = _ops.encode_topk(xs, W_enc, self.b_enc, b_in, min(k, len(self.b_enc)), None)
+            if self.lat:
+                values = values * self.lat.chosen(xs - self.b_dec.detach(), W_enc, self.b_enc, values, indices, k,
+                                                  "the top-k candidates (training step)")
             return values, values, indices
         if cfg.architecture in BATCH_TOPK:
             values, indices = batch_topk.encode(xs, W_enc, self.b_enc, self.b_dec, cfg.k, self.dp)
             return values, values, indices
         if cfg.architecture == "relu":
-            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, self.b_dec, None, None, True)
+            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, b_in, None, None, True)
             return values, values, indices
         # JumpReLU, as Rajamanoharan et al. train it: no pre-encoder bias (x itself is encoded,
         # the SAE is saved with apply_b_dec_to_input=False, as Gemma Scope's are), and the
@@ -205,7 +234,7 @@ class Trainer:
         """The latents' firing counts, sums and maxima over the global batch of ``rows`` rows;
         returns the batch's active entries."""
         idx, vals = indices[active], z[active].float()
-        d_sae = self.cfg.d_sae
+        d_sae = len(self.b_enc)               # this rank's latents
         counts = torch.zeros(2, d_sae, dtype=torch.float64, device=z.device)
         counts[0].index_add_(0, idx, torch.ones_like(vals, dtype=torch.float64))
         counts[1].index_add_(0, idx, vals.double())
@@ -252,10 +281,15 @@ class Trainer:
             lm = {}
         # Data-parallel: rank 0 alone shows progress, logs, evaluates and writes checkpoints (the
         # replicas are identical); every rank reads the same global batches and takes its share.
-        lead = self.dp.rank == 0
+        # With latent shards, the shards of replica 0 evaluate and checkpoint together (their
+        # encode is collective), and global rank 0 shows progress and logs.
+        evaluates = self.dp.rank == 0
+        lead = evaluates and (self.lat is None or self.lat.rank == 0)
         progress = progress and lead
         if not lead:
-            log_path = wandb_project = checkpoint_dir = eval_data = None
+            log_path = wandb_project = None
+        if not evaluates:
+            checkpoint_dir = eval_data = None
         wandb_run = _wandb_run(wandb_project, cfg)
         from .._progress import bar as progress_bar
         bar = progress_bar(progress, total=steps, initial=self.step_count, desc=f"train {cfg.architecture} SAE",
@@ -356,14 +390,21 @@ class Trainer:
             activation = {"topk": "topk", "relu": "relu"}.get(cfg.architecture, "jumprelu")
             dtype = torch.bfloat16 if cfg.weight_dtype == "bfloat16" else torch.float32
             sae = SAE((self.W_enc_t * s).to(dtype).t(), self.b_enc.clone(), (self.W_dec / s).to(dtype), self.b_dec / s,
-                      activation=activation, k=k, threshold=threshold,
+                      activation=activation, k=k if k is None or self.lat is None else min(k, len(self.b_enc)),
+                      threshold=threshold,
                       apply_b_dec_to_input=cfg.architecture != "jumprelu",
                       metadata={"trained_by": "sae-native", "architecture": cfg.architecture,
                                 "training_steps": self.step_count, "training_tokens": self.tokens, "input_scale": s,
                                 **({"evaluation": dict(self.last_eval)} if self.last_eval else {})})
         n = max(self.tokens, 1)
-        sae.stats = FeatureStats(max=self.act_max.clone(),  # activations are unchanged by the folding
-                                 frequency=(self.fired / n).float(), mean=(self.act_sum / n).float(), n_tokens=self.tokens)
+        stats = [self.act_max.double(), self.fired / n, self.act_sum / n]   # (activations: unchanged by the folding)
+        if self.lat:                   # every latent's statistics, for ("max", s) clamps
+            whole = torch.zeros(3, cfg.d_sae, dtype=torch.float64, device=self.device)
+            whole[:, self.lat.start:self.lat.stop] = torch.stack(stats)
+            stats = list(self.lat.sum(whole, "the latents' statistics"))
+            sae = _sharded(sae, self.lat, k)
+        sae.stats = FeatureStats(max=stats[0].float(), frequency=stats[1].float(), mean=stats[2].float(),
+                                 n_tokens=self.tokens)
         return sae
 
     def state_dict(self) -> Dict[str, Any]:
@@ -389,12 +430,19 @@ class Trainer:
 
     def save_checkpoint(self, path: str) -> None:
         """The SAE in SAELens format (with firing frequencies in sparsity.safetensors), plus
-        training_state.pt and training_config.json for resuming."""
+        training_state.pt and training_config.json for resuming. With latent shards: the sharded
+        checkpoint (docs/formats.md) and one training state per shard."""
         os.makedirs(path, exist_ok=True)
         self.sae().save(path, overwrite=True)   # a checkpoint folder is rewritten
-        torch.save(self.state_dict(), os.path.join(path, STATE_FILE))
-        with open(os.path.join(path, CONFIG_FILE), "w") as f:
-            json.dump(self.cfg.to_dict(), f, indent=1)
+        torch.save(self.state_dict(), os.path.join(path, self._state_file()))
+        if self.lat is None or self.lat.rank == 0:
+            with open(os.path.join(path, CONFIG_FILE), "w") as f:
+                json.dump(self.cfg.to_dict(), f, indent=1)
+
+    def _state_file(self) -> str:
+        if self.lat is None:
+            return STATE_FILE
+        return f"training_state.shard-{self.lat.rank:05d}-of-{self.lat.world:05d}.pt"
 
     @classmethod
     def from_checkpoint(cls, path: str, *, device="cpu", group=None) -> "Trainer":
@@ -402,10 +450,40 @@ class Trainer:
         for the constructor; any number of ranks: the state is replicated)."""
         from ..formats._common import read_json, torch_load
         cfg = TrainConfig(**read_json(os.path.join(path, CONFIG_FILE)))
-        state = torch_load(os.path.join(path, STATE_FILE))
+        probe = cls.__new__(cls)
+        probe.lat = None
+        if cfg.latent_shards > 1:     # the layout first: which shard's state this rank reads
+            probe.lat = parallel.make(group, cfg.latent_shards, cfg.d_sae, str(device)).latent
+        state_path = os.path.join(path, probe._state_file())
+        if not os.path.isfile(state_path):
+            raise FileNotFoundError(f"resume: {state_path}: no such file (a run with latent_shards="
+                                    f"{cfg.latent_shards} resumes on as many latent shards)")
+        state = torch_load(state_path)
         trainer = cls(int(state["d_in"]), cfg, device=device, group=group)
         trainer.load_state_dict(state)
         return trainer
+
+
+def _sharded(sae, lat, k):
+    """A trainer's SAE over its latent shard as a ShardedSAE over the shards' group."""
+    from ..distributed.sharded import from_slices
+    return from_slices(sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, activation=sae.activation, k=k,
+                       apply_b_dec_to_input=sae.apply_b_dec_to_input, d_sae=lat.ranges[-1][1], ranges=lat.ranges,
+                       group=lat.group, metadata=sae.metadata)
+
+
+def _init_rows(seed: int, start: int, stop: int, d_sae: int, d_in: int, chunk: int = 4096) -> Tensor:
+    """Rows [start, stop) of the initial decoder (Gaussian, before normalising). The d_sae rows
+    are drawn in chunks of ``chunk``, chunk c from a generator of its own (chunk 0 from ``seed``
+    itself), so a latent shard draws only the chunks holding its rows and gets the numbers one
+    process would."""
+    out = []
+    for c in range(start // chunk, (stop + chunk - 1) // chunk):
+        g = torch.Generator().manual_seed(seed if c == 0 else seed * 1_000_003 + c)
+        first = c * chunk
+        rows = torch.randn(min(chunk, d_sae - first), d_in, generator=g)
+        out.append(rows[max(start, first) - first:min(stop, first + chunk) - first])
+    return torch.cat(out) if out else torch.empty(0, d_in)
 
 
 def _wandb_run(project: Optional[str], cfg: TrainConfig):
