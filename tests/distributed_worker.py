@@ -53,6 +53,7 @@ TRAIN_RUNS = {"topk": dict(k=K, dead_tokens=128), "batchtopk": dict(k=3.5, topk_
               "relu": {}, "jumprelu": {}}
 
 LATENT_RUNS = {"topk": dict(k=K, dead_tokens=128), "relu": {}, "jumprelu": {}}
+RESUMED_STEPS = 15
 
 
 def hook_tokens():
@@ -144,6 +145,12 @@ def run(case: str, rank: int, world: int, out: dict, tmp: str) -> None:
             resumed = sn.Trainer.from_checkpoint(ckpt)
             out[arch]["resumed_equal"] = torch.equal(resumed.sae().local.W_dec, sae.local.W_dec) and \
                 resumed.step_count == TRAIN_COMMON["steps"]
+    elif case == "resume3":                     # the 2-shard run of "train_latent", resumed on 3 shards
+        for arch, kw in LATENT_RUNS.items():
+            sae = sn.train(train_data(), architecture=arch, progress=False, resume=os.path.join(tmp, f"ckpt-{arch}"),
+                           latent_shards=3, **dict(TRAIN_COMMON, steps=RESUMED_STEPS), **kw)
+            out[arch] = {"range": sae.shard_range, "W_enc": sae.local.W_enc, "W_dec": sae.local.W_dec,
+                         "b_dec": sae.local.b_dec}
     elif case == "mismatch":
         sae = case_sae("topk")
         if rank == 1:

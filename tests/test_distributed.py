@@ -16,7 +16,7 @@ from sae_native.cli import main as cli_main
 
 sys.path.insert(0, os.path.dirname(__file__))
 from distributed_worker import (CLAMP, N, SIZES, TRAIN_COMMON, TRAIN_RUNS, case_input, case_sae,  # noqa: E402
-                                LATENT_RUNS, hook_tokens, train_data)
+                                LATENT_RUNS, RESUMED_STEPS, hook_tokens, train_data)
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 HANG_GUARD_S = 180
@@ -163,6 +163,28 @@ def test_latent_sharded_training_takes_the_single_process_steps(tmp_path):
         saved = sn.load(tmp_path / f"ckpt-{arch}")        # the sharded checkpoint, read whole
         torch.testing.assert_close(saved.W_dec, one.W_dec, rtol=2e-4, atol=2e-5)
         assert saved.activation == one.activation and saved.k == one.k
+    # The 2-shard training state re-sharded on load: onto 3 ranks, and onto one process, both
+    # continuing to step 15; and the moments agree with a one-process run's checkpoint.
+    resumed = launch("resume3", 3, tmp_path)
+    for arch, kw in LATENT_RUNS.items():
+        ckpt = tmp_path / f"ckpt-{arch}"
+        whole = sn.Trainer.from_checkpoint(str(ckpt), latent_shards=1)
+        sn.train(train_data(), architecture=arch, progress=False, checkpoint_dir=str(tmp_path / "one"), **TRAIN_COMMON,
+                 **kw)
+        alone = sn.Trainer.from_checkpoint(str(tmp_path / "one"))
+        for p_whole, p_alone in zip(whole.optimizer.state.values(), alone.optimizer.state.values()):
+            torch.testing.assert_close(p_whole["exp_avg_sq"], p_alone["exp_avg_sq"], rtol=1e-3, atol=1e-9)
+        assert torch.equal(whole.since_fired, alone.since_fired)
+        one = sn.train(train_data(), architecture=arch, progress=False, resume=str(ckpt), latent_shards=1,
+                       **dict(TRAIN_COMMON, steps=RESUMED_STEPS), **kw)
+        assert one.metadata["training_steps"] == RESUMED_STEPS
+        for res in resumed:
+            got = res[arch]
+            a, b = got["range"]
+            torch.testing.assert_close(got["W_enc"], one.W_enc[:, a:b], rtol=2e-4, atol=2e-5, msg=arch)
+            torch.testing.assert_close(got["W_dec"], one.W_dec[a:b], rtol=2e-4, atol=2e-5, msg=arch)
+            torch.testing.assert_close(got["b_dec"], one.b_dec, rtol=2e-4, atol=2e-5, msg=arch)
+        assert [r[arch]["range"] for r in resumed] == [(0, 12), (12, 24), (24, 37)]
 
 
 def test_hooks_and_feature_stats_take_a_sharded_sae_and_a_split_corpus(tmp_path):

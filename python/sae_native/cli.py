@@ -261,10 +261,13 @@ def _train_rank(args, parser, rank: int, world: int) -> int:
             texts = [line.strip() for line in f if line.strip()]
         batches = token_batches(tok, texts * max(1, args.epochs), seq_len=args.seq_len, batch_size=args.text_batch)
         data = training.stream_activations(model, args.site, batches, batch_size=cfg.batch_size, seed=cfg.seed)
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "extra"}
+    if args.resume and args.latent_shards is None:
+        del settings["latent_shards"]      # (a resumed run keeps its latent shards unless told otherwise)
     try:
         sae = training.train(data, progress=not args.no_progress, log_path=args.log, checkpoint_dir=args.out,
                              checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
-                             wandb_project=args.wandb_project, **{k: v for k, v in cfg.to_dict().items() if k != "extra"})
+                             wandb_project=args.wandb_project, **settings)
     except ImportError as e:       # --wandb-project without wandb installed
         parser.error(str(e))
     if rank != 0:                   # (rank 0 wrote the checkpoint and reports; the replicas are equal)

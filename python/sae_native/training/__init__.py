@@ -80,7 +80,8 @@ def train(activations: Union[Tensor, Iterable[Tensor]], *, architecture: str = "
         # Shuffled across shards, seeded, epoch after epoch for as many steps as the budget asks.
         activations = activations.batches(batch_size, seed=seed, epochs=None)
     if run.get("resume"):
-        trainer = Trainer.from_checkpoint(run["resume"], device=device, group=run.get("group"))
+        trainer = Trainer.from_checkpoint(run["resume"], device=device, group=run.get("group"),
+                                          latent_shards=options.get("latent_shards"))
         if cfg.steps or cfg.tokens:
             trainer.cfg.steps, trainer.cfg.tokens = cfg.steps, cfg.tokens
     else:

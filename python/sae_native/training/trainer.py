@@ -440,28 +440,66 @@ class Trainer:
                 json.dump(self.cfg.to_dict(), f, indent=1)
 
     def _state_file(self) -> str:
-        if self.lat is None:
-            return STATE_FILE
-        return f"training_state.shard-{self.lat.rank:05d}-of-{self.lat.world:05d}.pt"
+        return STATE_FILE if self.lat is None else _shard_state_file(self.lat.rank, self.lat.world)
 
     @classmethod
-    def from_checkpoint(cls, path: str, *, device="cpu", group=None) -> "Trainer":
-        """A trainer that continues the run saved at ``path`` (data-parallel over ``group`` as
-        for the constructor; any number of ranks: the state is replicated)."""
-        from ..formats._common import read_json, torch_load
+    def from_checkpoint(cls, path: str, *, device="cpu", group=None, latent_shards: Optional[int] = None) -> "Trainer":
+        """A trainer that continues the run saved at ``path``: data-parallel over ``group`` as for
+        the constructor (any number of replicas: their state is the same), and on
+        ``latent_shards`` latent shards (default: as many as the run had; another number
+        re-shards the weights, Adam's moments and the firing statistics on load)."""
+        from ..formats._common import read_json
         cfg = TrainConfig(**read_json(os.path.join(path, CONFIG_FILE)))
-        probe = cls.__new__(cls)
-        probe.lat = None
-        if cfg.latent_shards > 1:     # the layout first: which shard's state this rank reads
-            probe.lat = parallel.make(group, cfg.latent_shards, cfg.d_sae, str(device)).latent
-        state_path = os.path.join(path, probe._state_file())
-        if not os.path.isfile(state_path):
-            raise FileNotFoundError(f"resume: {state_path}: no such file (a run with latent_shards="
-                                    f"{cfg.latent_shards} resumes on as many latent shards)")
-        state = torch_load(state_path)
-        trainer = cls(int(state["d_in"]), cfg, device=device, group=group)
-        trainer.load_state_dict(state)
+        saved = cfg.latent_shards
+        if latent_shards is not None:
+            cfg.latent_shards = latent_shards
+            cfg.validate()
+        files = [os.path.join(path, STATE_FILE if saved == 1 else _shard_state_file(r, saved)) for r in range(saved)]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise FileNotFoundError(f"resume: {missing[0]}: no such file (the run saved its state on latent_shards="
+                                    f"{saved} shard(s); {len(missing)} of its files are missing)")
+        # (memory-mapped: a rank reads only the slices of its own latents)
+        states = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
+        trainer = cls(int(states[0]["d_in"]), cfg, device=device, group=group)
+        start, stop = (trainer.lat.start, trainer.lat.stop) if trainer.lat else (0, cfg.d_sae)
+        from ..distributed.sharded import even_ranges
+        trainer.load_state_dict(_reshard(states, even_ranges(cfg.d_sae, saved), start, stop))
         return trainer
+
+
+# Training state entries with one row per latent (sliced when re-sharding); the rest is replicated.
+_PER_LATENT = ("W_enc_t", "b_enc", "W_dec", "log_threshold", "since_fired", "fired", "act_sum", "act_max")
+_PER_LATENT_PARAMS = (0, 1, 2, 4)      # optimizer parameter ids: W_enc_t, b_enc, W_dec, log_threshold
+
+
+def _shard_state_file(rank: int, world: int) -> str:
+    return f"training_state.shard-{rank:05d}-of-{world:05d}.pt"
+
+
+def _reshard(states: List[Dict[str, Any]], ranges, start: int, stop: int) -> Dict[str, Any]:
+    """The training state of latents [start, stop) from the states of the saved ``ranges``."""
+    if len(states) == 1 and ranges[0] == (start, stop):
+        return states[0]
+
+    def rows(pick) -> Tensor:
+        parts = [pick(st)[max(start, a) - a:min(stop, b) - a] for st, (a, b) in zip(states, ranges)
+                 if max(start, a) < min(stop, b)]
+        return torch.cat(parts).clone()
+
+    out = dict(states[0])
+    for name in _PER_LATENT:
+        if states[0].get(name) is not None:
+            out[name] = rows(lambda st: st[name])
+    opt = states[0]["optimizer"]
+    moments = {}
+    for pid, entry in opt["state"].items():
+        if int(pid) in _PER_LATENT_PARAMS:
+            entry = dict(entry, **{m: rows(lambda st: st["optimizer"]["state"][pid][m])
+                                   for m in ("exp_avg", "exp_avg_sq") if m in entry})
+        moments[pid] = entry
+    out["optimizer"] = dict(opt, state=moments)
+    return out
 
 
 def _sharded(sae, lat, k):
