@@ -8,7 +8,7 @@
 See sharded.py for the algorithm and docs/api.md ("Distributed") for the surface.
 """
 from ._comm import DistributedError
-from .checkpoint import load_shard
-from .sharded import ShardedSAE, even_ranges, shard
+from .ranges import even_ranges
+from .sharded import ShardedSAE, load_shard, shard
 
 __all__ = ["shard", "load_shard", "ShardedSAE", "DistributedError", "even_ranges"]

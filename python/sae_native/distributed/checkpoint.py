@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
+from torch import Tensor
 
 from ..formats import sharded as fmt
 from ..formats._common import FormatError
 from . import _comm
-from .sharded import ShardedSAE, check_shardable, even_ranges, from_slices
+from .ranges import check_shardable, even_ranges
 
 
 def _atomic_write(path: str, write) -> None:
@@ -29,7 +30,8 @@ def _atomic_write(path: str, write) -> None:
             os.remove(tmp)
 
 
-def save(sae: ShardedSAE, path, *, overwrite: bool = False) -> None:
+def save(sae, path, *, overwrite: bool = False) -> None:
+    """Writes a ShardedSAE's checkpoint (collective over its group; see the module docstring)."""
     from safetensors.torch import save_file
     path = os.fspath(path)
     group, rank, world = sae._group, sae.rank, sae.world_size
@@ -87,11 +89,9 @@ def _jsonable(meta: dict) -> dict:
     return out
 
 
-def load_shard(path, group=None, *, device=None) -> ShardedSAE:
-    """This rank's slice of a sharded checkpoint (or of any SAE sn.load reads), for ``group``:
-    only the latents of this rank's range are read, so the full SAE is never in one process.
-    The checkpoint's world size need not be this one (the ranges are cut anew, evenly)."""
-    group = _comm.resolve_group(group)
+def read_shard(path, group) -> Tuple[dict, list, Dict[str, Optional[Tensor]]]:
+    """(manifest, ranges, this rank's weights) of the sharded checkpoint at ``path`` for the ranks
+    of ``group`` (collective: a failure on any rank is an error on every rank)."""
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     path = os.fspath(path)
     error, manifest, ok = None, None, True
@@ -111,14 +111,10 @@ def load_shard(path, group=None, *, device=None) -> ShardedSAE:
         raise ValueError(f"group: {world} ranks cannot share d_sae={d_sae} latents (each needs at least one)")
     ranges = even_ranges(d_sae, world)
     start, stop = ranges[rank]
+    weights: Dict[str, Optional[Tensor]] = {}
     try:
-        w = fmt.read_range(path, manifest, start, stop)
+        weights = fmt.read_range(path, manifest, start, stop)
     except (OSError, FormatError) as e:
         error, ok = e, False
     _comm.check_all(ok, f"reading the shards of {path!r} (load_shard)", group, error)
-    activation, k, apply_b_dec = fmt.spec_settings(manifest)
-    if device is not None:
-        w = {n: None if t is None else t.to(device) for n, t in w.items()}
-    return from_slices(w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], w["threshold"], activation=activation, k=k,
-                       apply_b_dec_to_input=apply_b_dec, d_sae=d_sae, ranges=ranges, group=group,
-                       metadata=manifest.get("metadata"))
+    return manifest, ranges, weights

@@ -24,30 +24,10 @@ from ..codes import SparseCodes
 from ..functional import NAN_RULES, _raise_on_nonfinite
 from ..reference import clamp_terms
 from ..sae import SAE
-from . import _comm, merge
+from . import _comm, checkpoint, merge
+from .ranges import ACTIVATIONS, check_shardable, ranges_from_sizes
 
-ACTIVATIONS = ("topk", "jumprelu", "relu")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
-def even_ranges(d_sae: int, world: int) -> List[Tuple[int, int]]:
-    """``world`` contiguous ranges covering [0, d_sae), sizes differing by at most one."""
-    return [(r * d_sae // world, (r + 1) * d_sae // world) for r in range(world)]
-
-
-def ranges_from_sizes(sizes: Optional[Sequence[int]], d_sae: int, world: int) -> List[Tuple[int, int]]:
-    if sizes is None:
-        if d_sae < world:
-            raise ValueError(f"group: {world} ranks cannot share d_sae={d_sae} latents (each needs at least one)")
-        return even_ranges(d_sae, world)
-    sizes = list(sizes)
-    if len(sizes) != world or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes) \
-            or sum(sizes) != d_sae:
-        raise ValueError(f"sizes: expected {world} ints >= 1 (one per rank) summing to d_sae={d_sae}, got {sizes}")
-    bounds = [0]
-    for s in sizes:
-        bounds.append(bounds[-1] + s)
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _fingerprint(t: Tensor) -> int:
@@ -218,8 +198,7 @@ class ShardedSAE:
     def save(self, path, *, overwrite: bool = False) -> None:
         """Writes the sharded checkpoint: every rank its slice, rank 0 the manifest (formats in
         docs/formats.md). ``sn.load(path)`` reads it as one SAE; ``load_shard`` on any world size."""
-        from .checkpoint import save
-        save(self, path, overwrite=overwrite)
+        checkpoint.save(self, path, overwrite=overwrite)
 
 
 def global_topk(x_in: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, indices: Tensor, start: int, k: int,
@@ -262,14 +241,6 @@ def shard(sae: SAE, group=None, *, sizes: Optional[Sequence[int]] = None) -> Sha
                        d_sae=sae.d_sae, ranges=ranges, group=group, metadata=sae.metadata, stats=sae.stats)
 
 
-def check_shardable(activation: str, normalize: str = "none") -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"sae: sharding supports activations {ACTIVATIONS}, got {activation!r} (groupmax's groups "
-                         "would have to align with the shards)")
-    if normalize != "none":
-        raise ValueError(f"sae: sharding supports normalize='none', got {normalize!r}")
-
-
 def from_slices(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, threshold: Optional[Tensor], *,
                 activation: str, k: Optional[int], apply_b_dec_to_input: bool, d_sae: int, ranges, group,
                 metadata: Optional[dict] = None, stats=None) -> ShardedSAE:
@@ -286,3 +257,17 @@ def from_slices(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, thre
 
 def _code(value, choices) -> int:
     return choices.index(value) if value in choices else -1
+
+
+def load_shard(path, group=None, *, device=None) -> ShardedSAE:
+    """This rank's slice of a sharded checkpoint, for ``group``: only the latents of this rank's
+    range are read, so the full SAE is never in one process. The checkpoint's number of shards
+    need not be this world size (the ranges are cut anew, evenly)."""
+    group = _comm.resolve_group(group)
+    manifest, ranges, w = checkpoint.read_shard(path, group)
+    activation, k, apply_b_dec = checkpoint.fmt.spec_settings(manifest)
+    if device is not None:
+        w = {n: None if t is None else t.to(device) for n, t in w.items()}
+    return from_slices(w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], w["threshold"], activation=activation, k=k,
+                       apply_b_dec_to_input=apply_b_dec, d_sae=manifest["d_sae"], ranges=ranges, group=group,
+                       metadata=manifest.get("metadata"))

@@ -121,7 +121,7 @@ class LatentShards:
     def __init__(self, group, d_sae: int):
         import torch.distributed as dist
         from ..distributed import _comm
-        from ..distributed.sharded import even_ranges
+        from ..distributed.ranges import even_ranges
         self._comm, self.group = _comm, group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         if d_sae < self.world:

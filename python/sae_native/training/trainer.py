@@ -463,7 +463,7 @@ class Trainer:
         states = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
         trainer = cls(int(states[0]["d_in"]), cfg, device=device, group=group)
         start, stop = (trainer.lat.start, trainer.lat.stop) if trainer.lat else (0, cfg.d_sae)
-        from ..distributed.sharded import even_ranges
+        from ..distributed.ranges import even_ranges
         trainer.load_state_dict(_reshard(states, even_ranges(cfg.d_sae, saved), start, stop))
         return trainer
 
