@@ -60,6 +60,26 @@ def test_coverage_ranking_prefers_the_feature_on_more_tokens():
     assert matches[0].pos_coverage == pytest.approx((3 / 4 + 2 / 3) / 2)
 
 
+def test_consistency_ranking_prefers_the_feature_of_every_phrasing():
+    # Feature 7 fires on every text of both groups; feature 5 (more tokens per text in the first
+    # group) only in the first: it is a feature of one phrasing, not of the concept.
+    groups = {"named": ["1 5 5 5 5 7", "2 5 5 7", "3 5 7"], "described": ["1 7 2 3", "4 7 2"]}
+    neg = ["3 4 2", "9 1 1 9", "2 3 4"]
+    matches = sn.find_features(OneHotModel(), "embed", identity_sae(), groups, neg, top=2,
+                               tokenizer=DigitTokenizer(), rank="consistency", min_auroc=0.5)
+    assert [m.feature for m in matches] == [7, 5]
+    assert matches[0].group_frequency == {"named": 1.0, "described": 1.0}
+    assert matches[1].group_frequency == {"named": 1.0, "described": 0.0}
+    assert matches[1].pos_frequency == pytest.approx(3 / 5)
+    coverage = sn.find_features(OneHotModel(), "embed", identity_sae(), groups, neg, top=1,
+                                tokenizer=DigitTokenizer(), rank="coverage", min_auroc=0.5)
+    assert coverage[0].feature == 5                           # what the coverage ranking would pick
+    assert sn.find_features(OneHotModel(), "embed", identity_sae(), POS, NEG, top=1,
+                            tokenizer=DigitTokenizer())[0].group_frequency == {}
+    with pytest.raises(ValueError, match="positive_texts: expected a dict of named, non-empty groups"):
+        sn.find_features(OneHotModel(), "embed", identity_sae(), {"named": []}, neg, tokenizer=DigitTokenizer())
+
+
 def test_token_id_texts_need_no_tokenizer():
     pos = [[1, 5, 7, 7, 7], torch.tensor([2, 7, 5, 7])]
     neg = [[5, 1, 2, 3], [3, 4, 2], [9, 1, 1, 9]]
@@ -78,7 +98,7 @@ def test_auroc_matches_pairwise_count_with_ties():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"top": 0}, "top: expected an int >= 1"),
-    ({"rank": "frequency"}, "rank: expected 'auroc' or 'coverage'"),
+    ({"rank": "frequency"}, "rank: expected one of \('auroc', 'coverage', 'consistency'\)"),
     ({"min_auroc": 1.5}, "min_auroc: expected a number in [0, 1]"),
     ({"examples": -1}, "examples: expected an int >= 0"),
 ])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -22,6 +22,9 @@ class FeatureMatch:
     top_tokens: List[Tuple[str, float]] = field(default_factory=list)
     pos_coverage: float = 0.0   # mean fraction of a positive text's tokens where it fires
     neg_coverage: float = 0.0
+    # positive texts given in named groups (phrasings, languages): the fraction of each group's
+    # texts where it fires
+    group_frequency: Dict[str, float] = field(default_factory=dict)
 
 
 def auroc(pos: Tensor, neg: Tensor) -> Tensor:
@@ -61,18 +64,34 @@ def _rank(primary: Tensor, secondary: Tensor) -> Tensor:
     return order[torch.argsort(primary[order], descending=True, stable=True)]
 
 
-def find_features(model: torch.nn.Module, site, sae, positive_texts: Sequence, negative_texts: Sequence, *,
-                  top: int = 10, tokenizer=None, examples: int = 5, rank: str = "auroc",
+RANKS = ("auroc", "coverage", "consistency")
+
+
+def find_features(model: torch.nn.Module, site, sae, positive_texts: Union[Sequence, Mapping[str, Sequence]],
+                  negative_texts: Sequence, *, top: int = 10, tokenizer=None, examples: int = 5, rank: str = "auroc",
                   min_auroc: float = 0.95) -> List[FeatureMatch]:
     """The ``top`` features most selective for the concept the positive texts share.
+
+    ``positive_texts`` is a list of texts, or a dict of named groups of them (phrasings of the
+    concept: texts naming it, texts describing it without its name, other languages), whose
+    per-group firing rates each match reports (``group_frequency``).
 
     ``rank="auroc"``: by the AUROC of the per-text maximum activation (positives vs negatives),
     then by how much more often they fire on positives. ``rank="coverage"``: among features with
     AUROC >= ``min_auroc``, by how much larger a share of a positive text's tokens they fire on
-    (concept-wide features rather than single-token ones; those steer better). Texts are strings
-    (give ``tokenizer``) or token-id sequences."""
-    if rank not in ("auroc", "coverage"):
-        raise ValueError(f"rank: expected 'auroc' or 'coverage', got {rank!r}")
+    (concept-wide features rather than single-token ones; those steer better).
+    ``rank="consistency"``: among features with AUROC >= ``min_auroc``, by the firing rate in the
+    group where they fire least, minus the rate on the negatives: a feature of the concept itself
+    fires on every phrasing and language, one of a name's tokens only where the name is. Texts
+    are strings (give ``tokenizer``) or token-id sequences."""
+    if rank not in RANKS:
+        raise ValueError(f"rank: expected one of {RANKS}, got {rank!r}")
+    groups: Dict[str, Sequence] = {}
+    if isinstance(positive_texts, Mapping):
+        groups = dict(positive_texts)
+        if not groups or any(not isinstance(g, str) or not texts for g, texts in groups.items()):
+            raise ValueError("positive_texts: expected a dict of named, non-empty groups of texts")
+        positive_texts = [t for texts in groups.values() for t in texts]
     if not isinstance(top, int) or top < 1:
         raise ValueError(f"top: expected an int >= 1, got {top!r}")
     if not isinstance(examples, int) or examples < 0:
@@ -90,13 +109,20 @@ def find_features(model: torch.nn.Module, site, sae, positive_texts: Sequence, n
     scores = auroc(pos, neg)
     pos_f, neg_f = (pos > 0).double().mean(0), (neg > 0).double().mean(0)
     pc, nc = pos_cov.double().mean(0), neg_cov.double().mean(0)
+    rates, at = {}, 0
+    for name, texts in (groups or {"": positive_texts}).items():
+        rates[name] = (pos[at:at + len(texts)] > 0).double().mean(0)
+        at += len(texts)
     if rank == "auroc":
         order = _rank(scores, pos_f - neg_f)
     else:
         eligible = scores >= min_auroc
         if not bool(eligible.any()):
             eligible = torch.ones_like(eligible)
-        order = _rank(pc - nc, scores)
+        if rank == "coverage":
+            order = _rank(pc - nc, scores)
+        else:
+            order = _rank(torch.stack(list(rates.values())).min(0).values - neg_f, scores)
         order = order[eligible[order]]
     order = order[:top].tolist()
     out = []
@@ -109,5 +135,6 @@ def find_features(model: torch.nn.Module, site, sae, positive_texts: Sequence, n
         tokens.sort(reverse=True)
         shown = [(tokenizer.decode([t]) if tokenizer is not None else str(t), v) for v, t in tokens[:examples]]
         out.append(FeatureMatch(f, float(scores[f]), float(pos_f[f]), float(neg_f[f]), float(pos[:, f].mean()),
-                                shown, float(pc[f]), float(nc[f])))
+                                shown, float(pc[f]), float(nc[f]),
+                                {name: float(r[f]) for name, r in rates.items()} if groups else {}))
     return out

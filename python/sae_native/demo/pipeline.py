@@ -138,16 +138,22 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
                 log: Callable[[str], None] = print) -> Dict:
     pos = [r["text"] for r in held_rows if r["topic"] == concept.topic]
     neg = [r["text"] for r in held_rows if r["topic"] not in {c.topic for c in CONCEPTS.values()}]
-    # Among the features that separate the texts (AUROC >= 0.99), the one firing on the largest share
-    # of a concept text's tokens: a concept-wide feature rather than a single-token one.
-    matches = features.find_features(model, SITE, sae, pos, neg, top=5, tokenizer=tok, rank="coverage", min_auroc=0.99)
+    # The concept in every phrasing: the held-out corpus texts (which name it), texts describing
+    # it without its name, and in French, Spanish and German. Among the features that separate
+    # them from the other texts (AUROC >= 0.95), the one that fires most consistently across the
+    # groups: a feature of the concept rather than of one of its name's tokens.
+    groups = {"named (held-out corpus)": pos, **{g: list(t) for g, t in concept.phrasings.items()}}
+    matches = features.find_features(model, SITE, sae, groups, neg, top=5, tokenizer=tok, rank="consistency",
+                                     min_auroc=0.95)
     best = matches[0]
     log(f"\nStrategy 1 - {concept.name}: feature {best.feature} fires on {best.pos_frequency:.0%} of held-out texts "
         f"about it and {best.neg_frequency:.0%} of the others (AUROC {best.auroc:.3f}; on {best.pos_coverage:.1%} of "
         f"their tokens vs {best.neg_coverage:.1%}); top tokens: " + ", ".join(f"{t!r} {v:.1f}" for t, v in best.top_tokens))
+    log("  fires on: " + ", ".join(f"{g} {r:.0%}" for g, r in best.group_frequency.items()))
     prompts = list(prompts or PROMPTS[:budget.prompts])
+    log(f"  a mention is: {concept.rule}")
     base = generate(model, tok, prompts, max_new_tokens=budget.answer_tokens, sample=False)
-    base_rate = concept.mention_rate(base)
+    base_rate, base_weak = concept.mention_rate(base), concept.mention_rate(base, strict=False)
     ppl_base = _median([answer_perplexity(model, tok, p, a) for p, a in zip(prompts, base)])
     distinct_base = distinct_words(base)
     table = []
@@ -155,8 +161,8 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
         ans = _steered_answers(model, tok, sae, best.feature, sc, prompts, budget)
         rate = concept.mention_rate(ans)
         ppl = _median([answer_perplexity(model, tok, p, a) for p, a in zip(prompts, ans)])
-        table.append({"scale": sc, "mention_rate": rate, "median_perplexity": ppl, "distinct_words": distinct_words(ans),
-                      "answers": ans})
+        table.append({"scale": sc, "mention_rate": rate, "weak_mention_rate": concept.mention_rate(ans, strict=False),
+                      "median_perplexity": ppl, "distinct_words": distinct_words(ans), "answers": ans})
     main = next(r for r in table if r["scale"] == float(scale))
     target = float(sae.stats.max[best.feature]) * scale
     log(f"Strategy 2 - {concept.name}: feature {best.feature} clamped to {scale:g} x its max ({target:.1f}) at {SITE} "
@@ -166,6 +172,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     if len(table) > 1:
         log("  clamp scale:  " + "  ".join(f"{r['scale']:>5g}x" for r in table))
         log("  mention rate: " + "  ".join(f"{r['mention_rate']:>5.0%} " for r in table))
+        log("  weak rule:    " + "  ".join(f"{r['weak_mention_rate']:>5.0%} " for r in table))
         log("  perplexity:   " + "  ".join(f"{r['median_perplexity']:>6.1f}" for r in table))
         log("  distinct:     " + "  ".join(f"{r['distinct_words']:>5.0%} " for r in table))
     # The scale that steers best (most mentions, then the most fluent): the article's 10x is the
@@ -177,12 +184,15 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     log(f"  examples at {shown['scale']:g}x:")
     for p, b, st in list(zip(prompts, base, shown["answers"]))[:3]:
         log(f"  Q: {p}\n    unsteered: {b.strip()[:150]!r}\n    steered:   {st.strip()[:150]!r}")
+    inactive = _inactive(model, tok, sae, best.feature, concept, budget, log)
     return {
         "concept": concept.name, "feature": best.feature, "selectivity_auroc": best.auroc,
         "pos_frequency": best.pos_frequency, "neg_frequency": best.neg_frequency,
         "pos_token_coverage": best.pos_coverage, "neg_token_coverage": best.neg_coverage, "top_tokens": best.top_tokens,
         "runner_up_features": [asdict(m) for m in matches[1:]], "clamp_value": target, "scale": scale,
         "baseline_mention_rate": base_rate, "steered_mention_rate": main["mention_rate"],
+        "baseline_weak_mention_rate": base_weak, "steered_weak_mention_rate": main["weak_mention_rate"],
+        "mention_rule": concept.rule, "group_frequency": best.group_frequency, "inactive": inactive,
         "coherence": {"median_perplexity_steered": main["median_perplexity"], "median_perplexity_unsteered": ppl_base,
                       "distinct_words_steered": main["distinct_words"], "distinct_words_unsteered": distinct_base,
                       "measure": "perplexity of each answer under the unsteered model (median over prompts), and the "
@@ -194,6 +204,23 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
             {"prompt": p, "steered": st} for p, st in zip(prompts, shown["answers"])]},
         "held_out_texts": {"positive": len(pos), "negative": len(neg)},
     }
+
+
+def _inactive(model, tok, sae, feature: int, concept: Concept, budget: Budget, log: Callable[[str], None]) -> Dict:
+    """The inactive side of strategy 2: questions about the concept answered with its feature
+    clamped to 0, and to -2x its maximum, against the unsteered answers."""
+    asking = list(concept.asking[:max(2, budget.prompts // 4)])
+    rows = {}
+    for label, clamp in (("unsteered", None), ("clamped to 0", 0.0), ("clamped to -2x max", -2.0)):
+        if clamp is None:
+            ans = generate(model, tok, asking, max_new_tokens=budget.answer_tokens, sample=False)
+        else:
+            ans = _steered_answers(model, tok, sae, feature, clamp, asking, budget)
+        rows[label] = {"mention_rate": concept.mention_rate(ans), "weak_mention_rate": concept.mention_rate(ans, False),
+                       "answers": ans}
+    log(f"  inactive: on {len(asking)} questions about {concept.name}, " + ", ".join(
+        f"{label} {r['mention_rate']:.0%} mention it (weak rule {r['weak_mention_rate']:.0%})" for label, r in rows.items()))
+    return {"prompts": asking, **rows}
 
 
 def run(concepts: Sequence[str] = ("Golden Gate Bridge",), *, scale: float = 10.0, sweep: Sequence[float] = (),
