@@ -78,9 +78,15 @@ def run(case: str, rank: int, world: int, out: dict, tmp: str) -> None:
                 "range": sharded.shard_range, "values": codes.values, "indices": codes.indices,
                 "codes3d": sharded.encode(x.view(1, N, D_IN)).indices,
                 "empty": sharded.encode(x[:0]).values.shape,
+                "decode_width0": sharded.decode((torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.int64))),
+                "decode_rows0": sharded.decode(sharded.encode(x[:0])).shape,
                 "decode": sharded.decode(codes), "call": sharded(x),
                 "steer": sharded.steer(x, CLAMP), "steer_no_error": sharded.steer(x, CLAMP, keep_error=False),
                 "steer_scale_active": sharded.steer(x, {2: 3.0, 30: 0.5}, mode="scale", where="active")}
+            try:
+                sharded.encode(torch.zeros(4, D_IN + 1))
+            except ValueError as e:
+                out[activation]["bad_width"] = str(e)
     elif case == "mesh":
         from torch.distributed.device_mesh import init_device_mesh
         mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("data", "latent"))

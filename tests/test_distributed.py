@@ -69,7 +69,9 @@ def test_sharded_codes_are_bit_identical_and_decode_steer_match(world, tmp_path)
             got = res[activation]
             assert torch.equal(got["values"], ref.values) and torch.equal(got["indices"], ref.indices), activation
             assert torch.equal(got["codes3d"], ref.indices.view(1, N, -1))
-            assert got["empty"][0] == 0
+            assert got["empty"][0] == 0 and tuple(got["decode_rows0"]) == (0, 13)
+            assert torch.equal(got["decode_width0"], sae.b_dec.expand(3, -1))
+            assert got["bad_width"] == "x: expected shape [..., 13], got [4, 14]"
             torch.testing.assert_close(got["decode"], sae.decode(ref), rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(got["call"], sae(x), rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(got["steer"], sae.steer(x, CLAMP), rtol=1e-5, atol=1e-5)

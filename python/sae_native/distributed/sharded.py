@@ -12,6 +12,7 @@ same ``x`` (SPMD) and gets the same global result:
 """
 from __future__ import annotations
 
+import math
 import struct
 from typing import List, Optional, Sequence, Tuple
 
@@ -76,7 +77,7 @@ class ShardedSAE:
         if not isinstance(x, Tensor):
             raise TypeError(f"x: expected a tensor [..., {self.d_in}], got {type(x).__name__}")
         _comm.agree(what, ("x rows", "x width", "x dtype"),
-                    (x[..., 0].numel() if x.dim() else -1, x.shape[-1] if x.dim() else -1,
+                    (math.prod(x.shape[:-1]) if x.dim() else -1, x.shape[-1] if x.dim() else -1,
                      DTYPES.index(x.dtype) if x.dtype in DTYPES else -1), self._group)
         if x.dim() < 1 or x.shape[-1] != self.d_in:
             raise ValueError(f"x: expected shape [..., {self.d_in}], got {list(x.shape)}")
@@ -130,7 +131,8 @@ class ShardedSAE:
                 torch.where(mine, indices - start, torch.full((), -1, dtype=indices.dtype, device=indices.device)))
 
     def _partial_decode(self, codes: SparseCodes) -> Tensor:
-        v, i = codes.values.reshape(-1, codes.k), codes.indices.reshape(-1, codes.k)
+        rows = math.prod(codes.shape)               # (-1 is ambiguous for codes of width 0)
+        v, i = codes.values.reshape(rows, codes.k), codes.indices.reshape(rows, codes.k)
         lv, li = self._local_codes(v, i)
         return _ops.decode(lv, li, self._local.W_dec, None, False)
 
@@ -150,7 +152,7 @@ class ShardedSAE:
     def decode(self, codes) -> Tensor:
         """``b_dec + sum values * W_dec[indices]`` for global codes (the same codes on every rank)."""
         codes = self._as_codes(codes)
-        _comm.agree("decode", ("rows", "k"), (codes.values[..., 0].numel(), codes.k), self._group)
+        _comm.agree("decode", ("rows", "k"), (math.prod(codes.shape), codes.k), self._group)
         out = _comm.all_reduce_sum(self._partial_decode(codes), "the partial reconstructions (decode)", self._group)
         out = out + self.b_dec.to(out.dtype)
         return out.reshape(*codes.shape, self.d_in)

@@ -36,15 +36,15 @@ class Trainer:
 
     def __init__(self, d_in: int, config: TrainConfig, *, device="cpu", group=None):
         self.cfg = config.validate()
-        # Data-parallel over ``group`` (parallel.make: by default every rank of an initialised
-        # torch.distributed job); the ranks hold identical replicas and take identical steps.
         if isinstance(d_in, bool) or not isinstance(d_in, int) or d_in < 1:
             raise ValueError(f"d_in: expected an int >= 1, got {d_in!r}")
         if config.latent_shards > 1 and config.architecture not in ("topk", "relu", "jumprelu"):
             raise ValueError(f"latent_shards: sharding the latents trains topk, relu and jumprelu SAEs, not "
                              f"{config.architecture!r} (train it data-parallel: latent_shards=1)")
+        # Data-parallel over ``group`` (parallel.make: by default every rank of an initialised
+        # torch.distributed job; the replicas take identical steps), and with latent_shards > 1
+        # ``lat``: this rank holds only latents [start, stop) (parallel.LatentShards); else None.
         layout = parallel.make(group, config.latent_shards, config.d_sae, str(device))
-        # ``lat``: this rank holds only latents [start, stop) (parallel.LatentShards), or None.
         self.dp, self.lat = layout.dp, layout.latent
         self.d_in, self.device = d_in, torch.device(device)
         start, stop = (self.lat.start, self.lat.stop) if self.lat else (0, config.d_sae)
