@@ -36,7 +36,9 @@ def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
         for side in ("unsteered", "clamped to 0", "clamped to -2x max"):
             row = r["inactive"][side]
             assert 0.0 <= row["mention_rate"] <= 1.0 and 0.0 <= row["weak_mention_rate"] <= 1.0
+            assert 0.0 < row["distinct_words"] <= 1.0
             assert len(row["answers"]) == len(r["inactive"]["prompts"]) >= 2
+        assert r["feature_search"] in ("consistency", "named texts (fallback)")
     # the second run reuses the cached corpus and SAE
     assert main(["demo", "--budget", "small", "--cache", str(tmp_path / "cache"), "--prompt", "Who are you?"]) == 0
     assert "SAE: loaded from" in capsys.readouterr().out

@@ -145,6 +145,23 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     groups = {"named (held-out corpus)": pos, **{g: list(t) for g, t in concept.phrasings.items()}}
     matches = features.find_features(model, SITE, sae, groups, neg, top=5, tokenizer=tok, rank="consistency",
                                      min_auroc=0.95)
+    search = "consistency"
+    if matches[0].auroc < 0.95:
+        # No feature fires selectively across the phrasings and languages (a small SAE on a
+        # small English corpus learns the name's tokens, not the concept): steer with the
+        # feature most selective for the texts that name it, as before, and say so.
+        consistent = matches[0]
+        log(f"\nStrategy 1 - {concept.name}: no feature separates every phrasing from the other texts (the most "
+            f"consistent, {consistent.feature}, has AUROC {consistent.auroc:.3f} and fires on "
+            + ", ".join(f"{g} {r:.0%}" for g, r in consistent.group_frequency.items())
+            + "); falling back to the texts that name it")
+        named = features.find_features(model, SITE, sae, {"named (held-out corpus)": pos}, neg, top=5, tokenizer=tok,
+                                       rank="coverage", min_auroc=0.99)
+        every = {m.feature: m for m in features.find_features(model, SITE, sae, groups, neg, top=sae.d_sae,
+                                                              tokenizer=tok, examples=0)}
+        for m in named:           # the per-group rates of the named features, for the report
+            m.group_frequency = every[m.feature].group_frequency
+        matches, search = named, "named texts (fallback)"
     best = matches[0]
     log(f"\nStrategy 1 - {concept.name}: feature {best.feature} fires on {best.pos_frequency:.0%} of held-out texts "
         f"about it and {best.neg_frequency:.0%} of the others (AUROC {best.auroc:.3f}; on {best.pos_coverage:.1%} of "
@@ -192,7 +209,8 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
         "runner_up_features": [asdict(m) for m in matches[1:]], "clamp_value": target, "scale": scale,
         "baseline_mention_rate": base_rate, "steered_mention_rate": main["mention_rate"],
         "baseline_weak_mention_rate": base_weak, "steered_weak_mention_rate": main["weak_mention_rate"],
-        "mention_rule": concept.rule, "group_frequency": best.group_frequency, "inactive": inactive,
+        "mention_rule": concept.rule, "group_frequency": best.group_frequency, "feature_search": search,
+        "inactive": inactive,
         "coherence": {"median_perplexity_steered": main["median_perplexity"], "median_perplexity_unsteered": ppl_base,
                       "distinct_words_steered": main["distinct_words"], "distinct_words_unsteered": distinct_base,
                       "measure": "perplexity of each answer under the unsteered model (median over prompts), and the "
@@ -217,9 +235,11 @@ def _inactive(model, tok, sae, feature: int, concept: Concept, budget: Budget, l
         else:
             ans = _steered_answers(model, tok, sae, feature, clamp, asking, budget)
         rows[label] = {"mention_rate": concept.mention_rate(ans), "weak_mention_rate": concept.mention_rate(ans, False),
-                       "answers": ans}
+                       "distinct_words": distinct_words(ans), "answers": ans}
+    # (distinct words: a clamp that silences the concept by breaking the model shows as repetition)
     log(f"  inactive: on {len(asking)} questions about {concept.name}, " + ", ".join(
-        f"{label} {r['mention_rate']:.0%} mention it (weak rule {r['weak_mention_rate']:.0%})" for label, r in rows.items()))
+        f"{label} {r['mention_rate']:.0%} mention it (weak rule {r['weak_mention_rate']:.0%}, distinct words "
+        f"{r['distinct_words']:.0%})" for label, r in rows.items()))
     return {"prompts": asking, **rows}
 
 
