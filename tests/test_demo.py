@@ -39,6 +39,10 @@ def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
             assert 0.0 < row["distinct_words"] <= 1.0
             assert len(row["answers"]) == len(r["inactive"]["prompts"]) >= 2
         assert r["feature_search"] in ("consistency", "named texts (fallback)")
+        assert r["residual_norm_median"] > 0 and r["clamp_norm"] > 0
+        assert [row["scale"] for row in r["sweep"]] == [float(s) for s in range(1, 11)]     # 1x to 10x by default
+        norms = [row["clamp_norm"] for row in r["sweep"]]
+        assert norms == sorted(norms) and abs(norms[-1] - 10 * norms[0]) < 1e-3 * norms[-1]
     # the second run reuses the cached corpus and SAE
     assert main(["demo", "--budget", "small", "--cache", str(tmp_path / "cache"), "--prompt", "Who are you?"]) == 0
     assert "SAE: loaded from" in capsys.readouterr().out

@@ -629,9 +629,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_argument("--concept", action="append", metavar="NAME",
                       help="'Golden Gate Bridge' (default), 'cats', or 'all'; repeatable")
     demo.add_argument("--scale", type=float, default=10.0, help="clamp to SCALE x the feature's max (default 10)")
-    demo.add_argument("--sweep", default="1,2,3,5", metavar="S1,S2,...",
+    demo.add_argument("--sweep", default="1,2,3,4,5,6,7,8,9", metavar="S1,S2,...",
                       help="also steer at these scales and print mention rate and perplexity for each "
-                           "(default 1,2,3,5; '' for none)")
+                           "(default 1-9, with --scale 10: 1x to 10x; '' for none)")
     demo.add_argument("--prompt", action="append", metavar="TEXT", help="a question to answer (repeatable; default: "
                                                                        "24 built-in held-out questions)")
     demo.add_argument("--json", metavar="PATH", help="write the results as JSON")

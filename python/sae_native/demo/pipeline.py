@@ -182,16 +182,25 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
                       "median_perplexity": ppl, "distinct_words": distinct_words(ans), "answers": ans})
     main = next(r for r in table if r["scale"] == float(scale))
     target = float(sae.stats.max[best.feature]) * scale
+    # How hard the clamp pushes: the vector it adds, against the residual stream it is added to
+    # (where it swamps the stream, the model degenerates rather than talks about the concept).
+    residual = float(site_activations(model, tok, neg[:32]).norm(dim=-1).median())
+    row_norm = float(sae.W_dec[best.feature].float().norm())
+    for r in table:
+        r["clamp_norm"] = float(sae.stats.max[best.feature]) * r["scale"] * row_norm
     log(f"Strategy 2 - {concept.name}: feature {best.feature} clamped to {scale:g} x its max ({target:.1f}) at {SITE} "
         f"on every token: {main['mention_rate']:.0%} of {len(prompts)} answers mention it, against {base_rate:.0%} "
         f"unsteered; median perplexity under the unsteered model {main['median_perplexity']:.1f} (steered) vs "
         f"{ppl_base:.1f} (unsteered); distinct words {main['distinct_words']:.0%} vs {distinct_base:.0%}")
+    log(f"  the clamp adds a vector of norm {main['clamp_norm']:.0f} at {scale:g}x to a residual stream of median norm "
+        f"{residual:.0f} here ({main['clamp_norm'] / residual:.1f}x)")
     if len(table) > 1:
         log("  clamp scale:  " + "  ".join(f"{r['scale']:>5g}x" for r in table))
         log("  mention rate: " + "  ".join(f"{r['mention_rate']:>5.0%} " for r in table))
         log("  weak rule:    " + "  ".join(f"{r['weak_mention_rate']:>5.0%} " for r in table))
         log("  perplexity:   " + "  ".join(f"{r['median_perplexity']:>6.1f}" for r in table))
         log("  distinct:     " + "  ".join(f"{r['distinct_words']:>5.0%} " for r in table))
+        log("  clamp/stream: " + "  ".join(f"{r['clamp_norm'] / residual:>5.1f}x" for r in table))
     # The scale that steers best (most mentions, then the most fluent): the article's 10x is the
     # headline, but a 135M model's residual stream saturates sooner, and the sweep shows where.
     shown = max(table, key=lambda r: (r["mention_rate"], -r["median_perplexity"]))
@@ -210,6 +219,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
         "baseline_mention_rate": base_rate, "steered_mention_rate": main["mention_rate"],
         "baseline_weak_mention_rate": base_weak, "steered_weak_mention_rate": main["weak_mention_rate"],
         "mention_rule": concept.rule, "group_frequency": best.group_frequency, "feature_search": search,
+        "residual_norm_median": residual, "clamp_norm": main["clamp_norm"],
         "inactive": inactive,
         "coherence": {"median_perplexity_steered": main["median_perplexity"], "median_perplexity_unsteered": ppl_base,
                       "distinct_words_steered": main["distinct_words"], "distinct_words_unsteered": distinct_base,
