@@ -36,11 +36,17 @@ def test_the_plan_takes_the_fewest_shards_that_fit(d_in, d_sae, mem):
         assert p.exchanged_per_step_gb == 0
 
 
-def test_step_time_from_rates_and_errors():
+def test_the_step_estimate_is_the_work_divided_by_the_given_rates_and_errors():
+    # No clock is read here: the plan divides counted FLOPs and bytes by rates the caller gives.
     p = plan(4096, 34_000_000, device_memory_gb=80, tflops=400.0, memory_gb_s=3000.0, link_gb_s=400.0)
     gemm = 2 * 4096 * 4096 * p.latents_per_shard / 400e12
-    assert p.step_seconds > gemm and p.tokens_per_second == pytest.approx(4096 / p.step_seconds)
-    assert plan(4096, 34_000_000, tflops=400.0, memory_gb_s=3000.0).step_seconds is None   # no link rate
+    adam = p.latents_per_shard * p.bytes_per_latent * 2 / 3000e9
+    link = p.exchanged_per_step_gb / 400.0
+    assert p.estimated_step_seconds == pytest.approx(p.flop_per_step / 400e12 + adam + link)
+    assert p.estimated_step_seconds > gemm
+    assert p.estimated_tokens_per_second == pytest.approx(4096 / p.estimated_step_seconds)
+    no_link = plan(4096, 34_000_000, tflops=400.0, memory_gb_s=3000.0)
+    assert no_link.estimated_step_seconds is None and no_link.estimated_tokens_per_second is None
     more = plan(4096, 34_000_000, replicas=4, tflops=400.0, memory_gb_s=3000.0, link_gb_s=400.0)
     assert more.exchanged_per_step_gb > p.exchanged_per_step_gb                # + the gradients
     with pytest.raises(ValueError, match="d_sae: expected an int >= 1"):

@@ -143,9 +143,11 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     # them from the other texts (AUROC >= 0.95), the one that fires most consistently across the
     # groups: a feature of the concept rather than of one of its name's tokens.
     groups = {"named (held-out corpus)": pos, **{g: list(t) for g, t in concept.phrasings.items()}}
-    matches = features.find_features(model, SITE, sae, groups, neg, top=5, tokenizer=tok, rank="consistency",
-                                     min_auroc=0.95)
-    search = "consistency"
+    # (every feature's match: the fallback below reads the per-group rates of its own pick here,
+    # rather than running the model over the texts again)
+    ranked = features.find_features(model, SITE, sae, groups, neg, top=sae.d_sae, tokenizer=tok, rank="consistency",
+                                    min_auroc=0.95)
+    matches, search = ranked[:5], "consistency"
     if matches[0].auroc < 0.95:
         # No feature fires selectively across the phrasings and languages (a small SAE on a
         # small English corpus learns the name's tokens, not the concept): steer with the
@@ -157,8 +159,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
             + "); falling back to the texts that name it")
         named = features.find_features(model, SITE, sae, {"named (held-out corpus)": pos}, neg, top=5, tokenizer=tok,
                                        rank="coverage", min_auroc=0.99)
-        every = {m.feature: m for m in features.find_features(model, SITE, sae, groups, neg, top=sae.d_sae,
-                                                              tokenizer=tok, examples=0)}
+        every = {m.feature: m for m in ranked}   # (no feature was eligible: all of them are ranked)
         for m in named:           # the per-group rates of the named features, for the report
             m.group_frequency = every[m.feature].group_frequency
         matches, search = named, "named texts (fallback)"

@@ -30,8 +30,9 @@ class Plan:
     memory_per_device_gb: float   # the shard's state plus the step's activations
     exchanged_per_step_gb: float  # bytes each rank receives per step, all collectives
     flop_per_step: float          # per rank
-    step_seconds: Optional[float]  # None without rates
-    tokens_per_second: Optional[float]
+    # Arithmetic on the given rates (work / rate), not a timing: None without rates
+    estimated_step_seconds: Optional[float]
+    estimated_tokens_per_second: Optional[float]
 
     def as_dict(self) -> dict:
         return asdict(self)
