@@ -3,8 +3,6 @@ basis vector, so feature t fires on token t), checked in the files and in a real
 the collection pass against a dense float64 reference on a tiny Llama; the CLI on SmolLM2."""
 import os
 import re
-import shutil
-import subprocess
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ import torch
 import sae_native as sn
 from sae_native.feature_browser import collect
 
+from browser import rendered
 from models import random_sae, tiny_llama, tokens
 import smollm2
 
@@ -132,25 +131,6 @@ def test_logit_effects_and_neighbours(toy_dash):
     near = re.findall(r'<table class="neighbours">(.*?)</table>', page4)[0]
     assert re.findall(r"feature (\d+)", near)[0] == "3"
     assert '<a href="3.html">' in near       # feature 3 has a page: linked
-
-
-def chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    if os.environ.get("SAE_NATIVE_REQUIRE_BROWSER") == "1":
-        pytest.fail("SAE_NATIVE_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install -y chromium)")
-    pytest.skip("no headless browser (apt-get install -y chromium)")
-
-
-def rendered(url: str) -> str:
-    """The page's DOM after its scripts ran, from headless Chromium."""
-    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--no-first-run", "--virtual-time-budget=5000", "--dump-dom", url]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=180)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return res.stdout
 
 
 def test_index_renders_and_searches_in_a_browser(toy_dash):

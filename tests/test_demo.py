@@ -1,22 +1,26 @@
 """The end-to-end demo on the real SmolLM2, at a smoke-test budget (the full run is `sae-native demo`)."""
 import json
+import re
 
 import pytest
 
 import smollm2
+from browser import rendered
 from sae_native.cli import main
 
 pytestmark = pytest.mark.skipif(bool(smollm2.available()), reason=smollm2.available() or "available")
 
 FIELDS = {"concept", "feature", "selectivity_auroc", "baseline_mention_rate", "steered_mention_rate", "coherence",
           "examples", "baseline_weak_mention_rate", "steered_weak_mention_rate", "mention_rule", "group_frequency",
-          "inactive"}
+          "inactive", "loose_mention_rate", "best_scale", "best_scale_mention_rate", "architecture", "d_sae",
+          "train_tokens", "unnamed_auroc", "per_language", "html", "sae_evaluation", "token_activations"}
 
 
 def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
     out = tmp_path / "demo.json"
+    page = tmp_path / "report.html"
     assert main(["demo", "--budget", "small", "--concept", "all", "--cache", str(tmp_path / "cache"),
-                 "--json", str(out)]) == 0
+                 "--json", str(out), "--html", str(page)]) == 0
     printed = capsys.readouterr().out
     assert "Strategy 1 - Golden Gate Bridge" in printed and "Strategy 2 - cats" in printed
     assert "a mention is: 'Golden Gate', or 'bridge' in the same sentence" in printed and "inactive: on" in printed
@@ -28,21 +32,47 @@ def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
         assert 0.0 <= r["baseline_mention_rate"] <= 1.0 and 0.0 <= r["steered_mention_rate"] <= 1.0
         assert r["best_scale"] in [row["scale"] for row in r["sweep"]]
         assert r["best_mention_rate"] == max(row["mention_rate"] for row in r["sweep"])
+        # the best coherent scale: the most strict mentions among the coherent scales
+        coherent = [row for row in r["sweep"] if row["coherent"]]
+        assert r["best_scale_coherent"] == bool(coherent)
+        if coherent:
+            assert r["best_scale_mention_rate"] == max(row["mention_rate"] for row in coherent)
+            ppl = r["coherence"]["median_perplexity_unsteered"]
+            assert all(row["median_perplexity"] <= 4 * ppl for row in coherent)
+        assert r["loose_mention_rate"] == r["steered_weak_mention_rate"]
+        assert r["architecture"] == "relu" and r["d_sae"] == 256 and r["train_tokens"] >= 3000
+        ev = r["sae_evaluation"]
+        assert 0 <= ev["fvu"] and ev["l0"] > 0 and 0 <= ev["dead_fraction"] <= 1 and ev["ce_loss_recovered"] <= 1
+        assert 0.0 <= r["unnamed_auroc"] <= 1.0 and set(r["per_language"]) == {"fr", "es", "de"}
+        assert r["html"] == str(page)
         assert len(r["examples"]) == 4 and all({"prompt", "unsteered", "steered"} <= set(e) for e in r["examples"])
         # every phrasing group was searched, and the inactive side answered questions about the concept
         assert set(r["group_frequency"]) == {"named (held-out corpus)", "described (no name)", "French", "Spanish",
                                              "German"}
-        assert set(r["inactive"]) == {"prompts", "unsteered", "clamped to 0", "clamped to -2x max"}
-        for side in ("unsteered", "clamped to 0", "clamped to -2x max"):
-            row = r["inactive"][side]
+        ina = r["inactive"]
+        assert set(ina) == {"prompts", "scale", "baseline_mention_rate", "ablated_mention_rate", "unsteered", "clamps"}
+        assert [c["scale"] for c in ina["clamps"]] == [0.0, -2.0] and ina["scale"] in (0.0, -2.0)
+        assert ina["baseline_mention_rate"] == ina["unsteered"]["mention_rate"]
+        assert ina["ablated_mention_rate"] == next(c for c in ina["clamps"] if c["scale"] == ina["scale"])["mention_rate"]
+        for row in [ina["unsteered"], *ina["clamps"]]:
             assert 0.0 <= row["mention_rate"] <= 1.0 and 0.0 <= row["weak_mention_rate"] <= 1.0
-            assert 0.0 < row["distinct_words"] <= 1.0
-            assert len(row["answers"]) == len(r["inactive"]["prompts"]) >= 2
+            assert len(row["answers"]) == len(ina["prompts"]) >= 2
         assert r["feature_search"] in ("consistency", "named texts (fallback)")
         assert r["residual_norm_median"] > 0 and r["clamp_norm"] > 0
         assert [row["scale"] for row in r["sweep"]] == [float(s) for s in range(1, 11)]     # 1x to 10x by default
         norms = [row["clamp_norm"] for row in r["sweep"]]
         assert norms == sorted(norms) and abs(norms[-1] - 10 * norms[0]) < 1e-3 * norms[-1]
+    # the page, as the browser shows it: a section per concept with its shaded tokens, the chart
+    # with a point per scale, and the answers side by side
+    dom = rendered("file://" + str(page))
+    assert re.findall(r'<section class="concept" data-concept="([^"]+)"', dom) == ["Golden Gate Bridge", "cats"]
+    for r, part in zip(results, dom.split('<section class="concept"')[1:]):
+        shown = sum(len(row["tokens"]) for g, rows in r["token_activations"].items() if g != "top_examples"
+                    for row in rows)
+        assert part.count('<span class="tok"') >= shown > 0
+        assert part.count('<circle class="point strict"') == len(r["sweep"]) == 10
+        assert len(re.findall(r"<tr>", part.split('class="answers"')[1].split("</table>")[0])) == 1 + 4
+        assert f"feature {r['feature']} on every token" in part
     # the second run reuses the cached corpus and SAE
     assert main(["demo", "--budget", "small", "--cache", str(tmp_path / "cache"), "--prompt", "Who are you?"]) == 0
     assert "SAE: loaded from" in capsys.readouterr().out

@@ -7,7 +7,8 @@
                                     times every op against every reference available
     sae-native train (--activations FILE | --model NAME --site SITE --texts FILE) --d-sae N ...
                                     trains an SAE (see `sae-native train --help`)
-    sae-native demo [--concept NAME ...] [--scale 10] [--prompt TEXT ...] [--json PATH]
+    sae-native demo [--concept NAME ...] [--scale 10] [--prompt TEXT ...] [--json PATH] [--html PATH]
+                    [--architecture relu|topk|jumprelu] [--corpus PATH]
                                     the Golden Gate experiment on SmolLM2-135M-Instruct
     sae-native info                 what was built and what the CPU kernels chose
     sae-native cache --site MODULE --texts FILE --out DIR [--model smollm2] [--dtype bfloat16]
@@ -368,6 +369,7 @@ def _join_process_group(device: str) -> int:
 
 def _demo(args, parser) -> int:
     import json
+    import os
     from .demo import BUDGETS, CONCEPTS, run
     from .models import smollm2_folder
 
@@ -388,8 +390,25 @@ def _demo(args, parser) -> int:
         parser.error(f"--sweep: expected comma-separated numbers, got {args.sweep!r}")
     if any(v <= 0 for v in sweep):
         parser.error("--sweep: expected numbers > 0")
+    for name in ("train_tokens", "d_sae"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected an int >= 1")
+    if args.corpus and not os.path.exists(args.corpus):
+        parser.error(f"--corpus: {args.corpus}: no such file or folder")
+    if args.html and not os.path.isdir(os.path.dirname(os.path.abspath(args.html))):
+        parser.error(f"--html: the folder of {args.html} does not exist")
     results = run(concepts, scale=args.scale, sweep=sweep, prompts=args.prompt, budget=args.budget, seed=args.seed,
-                  cache_dir=args.cache)
+                  cache_dir=args.cache, architecture=args.architecture, corpus=args.corpus,
+                  train_tokens=args.train_tokens, d_sae=args.d_sae)
+    if args.html:
+        from .demo.report import write_report
+        first = results[0]
+        write_report(results, args.html, subtitle=(
+            f"{first['architecture']} SAE with {first['d_sae']} latents at model.layers.15, trained on "
+            f"{first['train_tokens']:,} tokens; budget {args.budget}, seed {args.seed}"))
+        for r in results:
+            r["html"] = os.path.abspath(args.html)
+        print(f"wrote {args.html}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results[0] if len(results) == 1 else results, f, indent=1)
@@ -623,9 +642,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                                     "relu, jumprelu); N / S data-parallel replicas "
                                                                     "of that split; writes a sharded SAE")
     demo = sub.add_parser("demo", help="find a concept's feature in SmolLM2 and steer the model with it",
-                          description="The Golden Gate experiment on SmolLM2-135M-Instruct (layer 15): writes a corpus "
-                                      "with the model, trains a TopK SAE on it (cached), finds the concept's feature "
-                                      "(strategy 1) and clamps it while answering held-out questions (strategy 2).")
+                          description="The Golden Gate experiment on SmolLM2-135M-Instruct (layer 15): the model samples "
+                                      "a corpus (or --corpus), its activations go to a sharded store, an SAE trains "
+                                      "on them (all cached), the concept's feature is found (strategy 1) and clamped "
+                                      "while the model answers held-out questions (strategy 2, both directions).")
     demo.add_argument("--concept", action="append", metavar="NAME",
                       help="'Golden Gate Bridge' (default), 'cats', or 'all'; repeatable")
     demo.add_argument("--scale", type=float, default=10.0, help="clamp to SCALE x the feature's max (default 10)")
@@ -635,6 +655,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_argument("--prompt", action="append", metavar="TEXT", help="a question to answer (repeatable; default: "
                                                                        "24 built-in held-out questions)")
     demo.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    demo.add_argument("--html", metavar="PATH", help="write a self-contained report page (token shading, the "
+                      "dose-response chart, answers side by side)")
+    demo.add_argument("--architecture", choices=["relu", "topk", "jumprelu"], default="relu",
+                      help="the SAE to train (default relu: L1 weighted by decoder norms, as in the article)")
+    demo.add_argument("--corpus", metavar="PATH", help="train on this folder (or file) of .txt / .jsonl texts "
+                      "instead of text the model samples")
+    demo.add_argument("--train-tokens", type=int, metavar="N", help="activations to train on (default: 1,000,000 "
+                      "for --budget full; sampling them takes about 40 minutes on 2 cores, once)")
+    demo.add_argument("--d-sae", type=int, metavar="N", help="the SAE's latents (default 16384 for --budget full)")
     demo.add_argument("--budget", choices=["full", "small"], default="full",
                       help="corpus and SAE size (small: a quick smoke run)")
     demo.add_argument("--seed", type=int, default=0)

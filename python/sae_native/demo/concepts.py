@@ -115,3 +115,35 @@ PROMPTS = (
     "What should I cook for dinner tonight?", "Describe a perfect day.", "What are you thinking about?",
     "Where would you like to travel?", "What is beautiful to you?", "Say something about yourself.",
 )
+
+# The bulk corpus: many more topics and forms, so that the SAE sees varied text and the concepts
+# only at their natural rate among them (one topic of about 140).
+BULK_TOPICS = (
+    "ancient Rome", "the French Revolution", "photosynthesis", "black holes", "vaccines", "the printing press",
+    "jazz", "origami", "marathons", "coral reefs", "earthquakes", "the Great Wall of China", "Mount Everest",
+    "the Amazon river", "penguins", "elephants", "owls", "sharks", "butterflies", "octopuses", "tea", "chocolate",
+    "sushi", "tacos", "cheese making", "vegetarian cooking", "spices", "camping", "sailing", "skiing", "tennis",
+    "basketball", "the Olympic Games", "yoga", "sleep", "dreams", "memory", "languages", "poetry", "novels",
+    "theatre", "cinema", "video games", "board games", "magic tricks", "museums", "architecture", "castles",
+    "pyramids", "cathedrals", "skyscrapers", "tunnels", "highways", "bicycles", "ships", "submarines", "rockets",
+    "satellites", "the Mars rovers", "telescopes", "microscopes", "electricity", "magnets", "batteries",
+    "solar power", "wind turbines", "nuclear energy", "climate change", "glaciers", "hurricanes", "tornadoes",
+    "snow", "autumn leaves", "farming", "tractors", "apples", "wheat", "rice", "forests", "deserts at night",
+    "islands", "lighthouses", "harbors", "markets", "banks", "money", "taxes", "startups", "job interviews",
+    "teachers", "hospitals", "nurses", "firefighters", "police work", "courts", "democracy", "the United Nations",
+    "maps", "compasses", "clocks", "calendars", "the alphabet", "numbers", "algebra", "geometry", "probability",
+    "statistics", "programming", "databases", "cybersecurity", "smartphones", "social media", "email",
+    "artificial intelligence", "robots in factories", "3D printing", "genetics", "DNA", "the immune system",
+    "the brain", "bones", "exercise", "nutrition", "vitamins", "first aid", "grandparents", "weddings",
+    "holidays", "gifts", "letters", "diaries", "moving house", "neighbors", "pets", "horses", "rabbits", "parrots",
+)
+BULK_TEMPLATES = TEMPLATES + (
+    "Explain how {topic} works.",
+    "Write a diary entry about {topic}.",
+    "What are the pros and cons of {topic}?",
+    "Write a news report about {topic}.",
+    "Give me a brief history of {topic}.",
+    "Write a dialogue between two friends about {topic}.",
+    "Write a poem about {topic}.",
+    "Write a product review that mentions {topic}.",
+)

@@ -6,10 +6,12 @@ activation at layer 15, it makes the model bring up the concept in answers to un
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -17,31 +19,34 @@ import torch
 from .. import features, hooks, stats
 from ..loading import load as load_sae
 from ..training import train
-from .concepts import CONCEPTS, OTHER_TOPICS, PROMPTS, TEMPLATES, Concept
-from .corpus import build_corpus, chat_prompt, generate
+from .concepts import BULK_TEMPLATES, BULK_TOPICS, CONCEPTS, OTHER_TOPICS, PROMPTS, TEMPLATES, Concept
+from .corpus import build_corpus, chat_prompt, generate, read_texts, writer_model
 
 SITE = "model.layers.15"
 
 
 @dataclass(frozen=True)
 class Budget:
-    concept_texts: int      # corpus texts per concept
-    other_texts: int        # corpus texts per other topic
+    concept_texts: int      # labelled corpus texts per concept
+    other_texts: int        # labelled corpus texts per other topic
     other_topics: int       # how many of OTHER_TOPICS
-    text_tokens: int        # new tokens per corpus text
+    text_tokens: int        # new tokens per labelled corpus text
+    train_tokens: int       # activations the SAE trains on (the labelled texts plus the bulk corpus)
+    bulk_tokens: int        # new tokens per bulk corpus text
     d_sae: int
-    k: int
-    steps: int
+    k: int                  # for --architecture topk
     batch_size: int
+    min_steps: int          # training steps at least (several passes over a small corpus)
     answer_tokens: int      # new tokens per steered / unsteered answer
     prompts: int            # held-out prompts
     held_out: float         # fraction of each topic's texts kept for the selectivity measurement
 
 
 BUDGETS = {
-    "full": Budget(48, 8, 40, 80, 4096, 16, 1200, 1024, 40, 24, 0.25),
-    "small": Budget(4, 2, 4, 24, 256, 8, 30, 256, 10, 4, 0.25),
+    "full": Budget(48, 8, 40, 80, 1_000_000, 160, 16384, 32, 1024, 1000, 40, 24, 0.25),
+    "small": Budget(4, 2, 4, 24, 3_000, 24, 256, 8, 256, 100, 10, 4, 0.25),
 }
+ARCHITECTURES = ("relu", "topk", "jumprelu")
 
 
 def default_cache() -> str:
@@ -84,43 +89,168 @@ def distinct_words(texts: Sequence[str]) -> float:
     return sum(shares) / len(shares) if shares else float("nan")
 
 
-def prepare(budget: Budget, *, seed: int = 0, cache_dir: Optional[str] = None, log: Callable[[str], None] = print):
-    """Model, tokenizer, corpus split and the trained SAE (with its feature statistics), cached."""
+def _texts_key(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
+
+
+def _bulk_texts(model, tok, budget: Budget, *, seed: int, folder: str, corpus: Optional[str],
+                log: Callable[[str], None]) -> List[str]:
+    """The unlabelled bulk of the training data: a user's corpus (--corpus), or texts the model
+    samples about many topics in many forms (cached, resumable)."""
+    if corpus:
+        texts = read_texts(corpus)
+        log(f"corpus: {len(texts)} texts from {corpus}")
+        return texts
+    topics = [c.topic for c in CONCEPTS.values()] + list(OTHER_TOPICS) + list(BULK_TOPICS)
+    per_text = 0.85 * budget.bulk_tokens     # (answers stop early at the end-of-turn token)
+    per_topic = max(1, math.ceil(budget.train_tokens / per_text / len(topics)))
+    path = os.path.join(folder, f"bulk-{budget.bulk_tokens}x{per_topic * len(topics)}-s{seed}.jsonl")
+    writer = writer_model(model, log)
+    t0, written = time.perf_counter(), [0]
+
+    def progress(done: int, total: int, tokens: int) -> None:
+        written[0] += tokens
+        rate = written[0] / max(time.perf_counter() - t0, 1e-9)
+        left = (total - done) * budget.bulk_tokens * 0.85 / max(rate, 1e-9)
+        log(f"  bulk corpus: {done}/{total} texts, {rate:.0f} tokens/s, about {left / 60:.0f} min left")
+    rows = build_corpus(writer, tok, [(t, per_topic) for t in topics], BULK_TEMPLATES, max_new_tokens=budget.bulk_tokens,
+                        seed=seed + 1, path=path, batch_size=256, progress=progress)
+    log(f"bulk corpus: {len(rows)} texts the model sampled about {len(topics)} topics ({path})")
+    return [r["text"] for r in rows]
+
+
+def _store(model, tok, texts: Sequence[str], folder: str, log: Callable[[str], None]):
+    """The activations at SITE over the texts, on disk in shards (resumable, with progress)."""
+    from ..store import ActivationStore, write_store
+    key = _texts_key(texts)
+    out = os.path.join(folder, f"store-{key}")
+    t0 = time.perf_counter()
+    writer = writer_model(model, lambda _: None)
+    batches = list(_batches(tok, texts))
+    m = write_store(writer, SITE, batches, out, source={"texts": key, "model": "SmolLM2-135M-Instruct",
+                                                        "dtype": str(next(writer.parameters()).dtype)},
+                    progress=True, total=len(batches), exclude_token_ids=[tok.pad_token_id])
+    store = ActivationStore(out)
+    log(f"activations: {store.n_tokens} tokens at {SITE} in {out} ({time.perf_counter() - t0:.0f} s)")
+    del m
+    return store
+
+
+def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_dir: Optional[str] = None,
+            corpus: Optional[str] = None, log: Callable[[str], None] = print):
+    """Model, tokenizer, labelled corpus split and the trained SAE (with its feature statistics
+    and its evaluation), all cached: the labelled texts and the bulk corpus per seed, the
+    activation store per text list, the SAE per architecture and size."""
     from ..models import load_model
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture: expected one of {list(ARCHITECTURES)}, got {architecture!r}")
     key = "-".join(c.name.replace(" ", "_") for c in CONCEPTS.values())
-    cache = os.path.join(cache_dir or default_cache(), "demo", f"{key}-{budget.d_sae}x{budget.k}-{budget.steps}-s{seed}")
+    folder = os.path.join(cache_dir or default_cache(), "demo", f"{key}-s{seed}")
     t0 = time.perf_counter()
     model, tok = load_model("smollm2")
     log(f"loaded SmolLM2-135M-Instruct ({time.perf_counter() - t0:.0f} s)")
     topics = [(c.topic, budget.concept_texts) for c in CONCEPTS.values()]
     topics += [(t, budget.other_texts) for t in OTHER_TOPICS[:budget.other_topics]]
     t0 = time.perf_counter()
-    corpus = build_corpus(model, tok, topics, TEMPLATES, max_new_tokens=budget.text_tokens, seed=seed,
-                          path=os.path.join(cache, "corpus.jsonl"),
-                          progress=lambda n: log(f"  corpus: {n}/{sum(c for _, c in topics)} texts"))
-    log(f"corpus: {len(corpus)} texts the model wrote about {len(topics)} topics ({time.perf_counter() - t0:.0f} s)")
+    labelled = build_corpus(model, tok, topics, TEMPLATES, max_new_tokens=budget.text_tokens, seed=seed,
+                            path=os.path.join(folder, f"labelled-{budget.concept_texts}x{budget.other_texts}x"
+                                                      f"{budget.other_topics}-{budget.text_tokens}.jsonl"),
+                            progress=lambda n, total, _: log(f"  labelled corpus: {n}/{total} texts"))
+    log(f"labelled corpus: {len(labelled)} texts the model wrote about {len(topics)} topics "
+        f"({time.perf_counter() - t0:.0f} s)")
     train_rows, held_rows = [], []
     for topic, count in topics:
-        rows = [r for r in corpus if r["topic"] == topic]
+        rows = [r for r in labelled if r["topic"] == topic]
         cut = len(rows) - max(1, int(round(budget.held_out * len(rows))))
         train_rows += rows[:cut]
         held_rows += rows[cut:]
-    sae_dir = os.path.join(cache, "sae")
+    texts = [r["text"] for r in train_rows] + _bulk_texts(model, tok, budget, seed=seed, folder=folder, corpus=corpus,
+                                                          log=log)
+    store = _store(model, tok, texts, folder, log)
+    size = f"k{budget.k}" if architecture == "topk" else "default"
+    sae_dir = os.path.join(folder, f"sae-{architecture}-{budget.d_sae}-{size}-{store.n_tokens}-{_texts_key(texts)}")
     t0 = time.perf_counter()
     if os.path.isfile(os.path.join(sae_dir, "cfg.json")):
         sae = load_sae(sae_dir)
         log(f"SAE: loaded from {sae_dir}")
     else:
-        acts = site_activations(model, tok, [r["text"] for r in train_rows])
-        log(f"SAE: training d_sae={budget.d_sae}, k={budget.k} on {acts.shape[0]} activations at {SITE}")
-        sae = train(acts, architecture="topk", d_sae=budget.d_sae, k=budget.k, steps=budget.steps,
-                    batch_size=budget.batch_size, seed=seed, progress=True, log_every=50)
+        steps = max(budget.min_steps, math.ceil(store.n_tokens / budget.batch_size))
+        log(f"SAE: training a {architecture} SAE, d_sae={budget.d_sae}, on {store.n_tokens} activations at {SITE} "
+            f"({steps} steps of {budget.batch_size})")
+        extra = {"k": budget.k} if architecture == "topk" else {}
+        sae = train(store, architecture=architecture, d_sae=budget.d_sae, steps=steps, batch_size=budget.batch_size,
+                    seed=seed, progress=True, log_every=100, **extra)
         sae.metadata["hook_name"] = SITE
+        sae.metadata["train_tokens"] = store.n_tokens
         sae.save(sae_dir)
         log(f"SAE: trained in {time.perf_counter() - t0:.0f} s, saved to {sae_dir}")
+    sae.metadata.setdefault("train_tokens", store.n_tokens)
+    held_texts = [r["text"] for r in held_rows]
+    sae.metadata["demo_evaluation"] = _evaluation(model, tok, sae, held_texts, store, sae_dir, log)
     stats.feature_stats(model, SITE, sae, _batches(tok, [r["text"] for r in train_rows]), top_examples=0,
                         progress=False)
     return model, tok, sae, train_rows, held_rows
+
+
+def _evaluation(model, tok, sae, texts: Sequence[str], store, sae_dir: str, log: Callable[[str], None]) -> Dict:
+    """FVU, L0 and CE loss recovered on held-out texts, under the fp32 model the demo steers, and
+    the dead fraction over the training activations (cached beside the SAE)."""
+    from ..models import token_batches
+    from ..training import evaluate
+    path = os.path.join(sae_dir, "demo_evaluation.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            ev = json.load(f)
+    else:
+        acts = site_activations(model, tok, texts)
+        full = evaluate(sae, acts, model=model, site=SITE,
+                        token_batches=list(token_batches(tok, texts, seq_len=128, batch_size=8)))
+        # (dead: no activation over up to 262k training tokens; a few thousand held-out tokens
+        # would call every rare latent dead)
+        dead = evaluate(sae, store.rows(0, min(store.n_tokens, 1 << 18)))["dead_fraction"]
+        ev = {"fvu": full["fvu"], "l0": full["l0"], "dead_fraction": dead,
+              "ce_loss_recovered": full["ce_loss_score"], "tokens": full["tokens"],
+              "measured_on": f"{len(texts)} held-out labelled texts, SmolLM2 in float32"}
+        with open(path, "w") as f:
+            json.dump(ev, f, indent=1)
+    log(f"SAE: on held-out texts FVU {ev['fvu']:.3f}, L0 {ev['l0']:.1f}, dead {ev['dead_fraction']:.1%}, "
+        f"CE loss recovered {ev['ce_loss_recovered']:.3f}")
+    return ev
+
+
+def token_activations(model, tok, sae, feature: int, texts: Sequence[str]) -> List[Dict]:
+    """[{"text", "tokens", "acts"}]: each text's tokens and the feature's activation on each (the
+    first token's, an attention-sink outlier, is reported as 0, as the feature search does)."""
+    out = []
+    with torch.no_grad(), hooks.record(model, SITE, sae) as rec:
+        for text in texts:
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            rec.clear()
+            model(ids)
+            acts = rec.codes[-1].to_dense()[0, :, feature].float()
+            acts[0] = 0.0
+            out.append({"text": text, "tokens": token_strings(tok, ids[0].tolist()),
+                        "acts": [round(float(a), 3) for a in acts]})
+    return out
+
+
+def token_strings(tok, ids: Sequence[int]) -> List[str]:
+    """Each token's share of the decoded text. Decoded one by one, a character split over two
+    byte-level tokens (\u00fc in 'uberspannt') shows as two replacement marks; here it goes whole
+    to the token that completes it, and the token before it shows as empty."""
+    out, done = [], ""
+    for i in range(len(ids)):
+        text = tok.decode(ids[:i + 1])
+        if text.endswith("\ufffd"):
+            out.append("")
+            continue
+        out.append(text[len(done):] if text.startswith(done) else tok.decode([ids[i]]))
+        done = text
+    return out
+
+
+def _peak(row: Dict) -> float:
+    return max(row["acts"], default=0.0)
 
 
 def _steered_answers(model, tok, sae, feature: int, scale: float, prompts, budget: Budget):
@@ -135,7 +265,7 @@ def _median(values) -> float:
 
 def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget: Budget, *, scale: float = 10.0,
                 sweep: Sequence[float] = (), prompts: Optional[Sequence[str]] = None,
-                log: Callable[[str], None] = print) -> Dict:
+                train_rows: Sequence[dict] = (), log: Callable[[str], None] = print) -> Dict:
     pos = [r["text"] for r in held_rows if r["topic"] == concept.topic]
     neg = [r["text"] for r in held_rows if r["topic"] not in {c.topic for c in CONCEPTS.values()}]
     # The concept in every phrasing: the held-out corpus texts (which name it), texts describing
@@ -189,6 +319,9 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     row_norm = float(sae.W_dec[best.feature].float().norm())
     for r in table:
         r["clamp_norm"] = float(sae.stats.max[best.feature]) * r["scale"] * row_norm
+        # Coherent: perplexity under the unsteered model at most 4x the unsteered answers' (the
+        # issue's bound), and at least 3/4 of their distinct-word share (no collapse into repetition).
+        r["coherent"] = bool(r["median_perplexity"] <= 4 * ppl_base and r["distinct_words"] >= 0.75 * distinct_base)
     log(f"Strategy 2 - {concept.name}: feature {best.feature} clamped to {scale:g} x its max ({target:.1f}) at {SITE} "
         f"on every token: {main['mention_rate']:.0%} of {len(prompts)} answers mention it, against {base_rate:.0%} "
         f"unsteered; median perplexity under the unsteered model {main['median_perplexity']:.1f} (steered) vs "
@@ -202,22 +335,45 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
         log("  perplexity:   " + "  ".join(f"{r['median_perplexity']:>6.1f}" for r in table))
         log("  distinct:     " + "  ".join(f"{r['distinct_words']:>5.0%} " for r in table))
         log("  clamp/stream: " + "  ".join(f"{r['clamp_norm'] / residual:>5.1f}x" for r in table))
-    # The scale that steers best (most mentions, then the most fluent): the article's 10x is the
-    # headline, but a 135M model's residual stream saturates sooner, and the sweep shows where.
-    shown = max(table, key=lambda r: (r["mention_rate"], -r["median_perplexity"]))
-    if len(table) > 1:
-        log(f"  best in the sweep: {shown['scale']:g}x, {shown['mention_rate']:.0%} mention it, median perplexity "
-            f"{shown['median_perplexity']:.1f}")
+        log("  coherent:     " + "  ".join(f"{'yes' if r['coherent'] else 'no':>6}" for r in table))
+    # The best coherent scale: most strict mentions among the coherent scales, then the lowest
+    # perplexity (the article's 10x stays the headline; a 135M model's stream saturates sooner).
+    coherent = [r for r in table if r["coherent"]]
+    shown = max(coherent or table, key=lambda r: (r["mention_rate"], r["weak_mention_rate"], -r["median_perplexity"]))
+    log(f"  best coherent scale: {shown['scale']:g}x, {shown['mention_rate']:.0%} mention it (weak rule "
+        f"{shown['weak_mention_rate']:.0%}), median perplexity {shown['median_perplexity']:.1f}, distinct words "
+        f"{shown['distinct_words']:.0%}" if coherent else "  no scale kept the answers coherent")
     log(f"  examples at {shown['scale']:g}x:")
     for p, b, st in list(zip(prompts, base, shown["answers"]))[:3]:
         log(f"  Q: {p}\n    unsteered: {b.strip()[:150]!r}\n    steered:   {st.strip()[:150]!r}")
     inactive = _inactive(model, tok, sae, best.feature, concept, budget, log)
+    # Strategy 1 on the page: token by token, on texts that name the concept, describe it, or
+    # translate it, and on unrelated texts; and the feature's top examples over the labelled corpus.
+    described = list(concept.phrasings.get("described (no name)", ()))
+    shade = {"named": token_activations(model, tok, sae, best.feature, pos[:3]),
+             "described": token_activations(model, tok, sae, best.feature, described),
+             "other languages": token_activations(model, tok, sae, best.feature, [
+                 t for g in ("French", "Spanish", "German") for t in concept.phrasings.get(g, ())[:1]]),
+             "unrelated": token_activations(model, tok, sae, best.feature, neg[:4])}
+    everything = token_activations(model, tok, sae, best.feature, [r["text"] for r in held_rows + list(train_rows)])
+    top = sorted(everything, key=_peak, reverse=True)[:5]
+    neg_peaks = torch.tensor([_peak(r) for r in token_activations(model, tok, sae, best.feature, neg)])
+    unnamed = (float(features.auroc(torch.tensor([_peak(r) for r in shade["described"]])[:, None], neg_peaks[:, None])[0])
+               if described else float("nan"))
+    log(f"  on texts that describe {concept.name} without naming it: AUROC {unnamed:.3f}")
+    lang = {"French": "fr", "Spanish": "es", "German": "de"}
     return {
         "concept": concept.name, "feature": best.feature, "selectivity_auroc": best.auroc,
+        "unnamed_auroc": unnamed,
+        "per_language": {lang[g]: r for g, r in best.group_frequency.items() if g in lang},
+        "architecture": sae.activation, "d_sae": sae.d_sae,
+        "train_tokens": int(sae.metadata.get("train_tokens", 0)),
+        "sae_evaluation": sae.metadata.get("demo_evaluation"),
         "pos_frequency": best.pos_frequency, "neg_frequency": best.neg_frequency,
         "pos_token_coverage": best.pos_coverage, "neg_token_coverage": best.neg_coverage, "top_tokens": best.top_tokens,
         "runner_up_features": [asdict(m) for m in matches[1:]], "clamp_value": target, "scale": scale,
         "baseline_mention_rate": base_rate, "steered_mention_rate": main["mention_rate"],
+        "loose_mention_rate": main["weak_mention_rate"],
         "baseline_weak_mention_rate": base_weak, "steered_weak_mention_rate": main["weak_mention_rate"],
         "mention_rule": concept.rule, "group_frequency": best.group_frequency, "feature_search": search,
         "residual_norm_median": residual, "clamp_norm": main["clamp_norm"],
@@ -225,44 +381,63 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
         "coherence": {"median_perplexity_steered": main["median_perplexity"], "median_perplexity_unsteered": ppl_base,
                       "distinct_words_steered": main["distinct_words"], "distinct_words_unsteered": distinct_base,
                       "measure": "perplexity of each answer under the unsteered model (median over prompts), and the "
-                                 "mean share of distinct words per answer (low: repetition)"},
+                                 "mean share of distinct words per answer (low: repetition)",
+                      "coherent_if": "median perplexity <= 4x unsteered and distinct words >= 0.75x unsteered"},
         "sweep": [{k: v for k, v in r.items() if k != "answers"} for r in table],
-        "best_scale": shown["scale"], "best_mention_rate": shown["mention_rate"],
+        "best_scale": shown["scale"], "best_scale_mention_rate": shown["mention_rate"],
+        "best_mention_rate": max(r["mention_rate"] for r in table), "best_scale_coherent": bool(coherent),
         "examples": [{"prompt": p, "unsteered": b, "steered": st} for p, b, st in zip(prompts, base, main["answers"])],
         "best_scale_examples": {"scale": shown["scale"], "answers": [
             {"prompt": p, "steered": st} for p, st in zip(prompts, shown["answers"])]},
         "held_out_texts": {"positive": len(pos), "negative": len(neg)},
+        "token_activations": {**shade, "top_examples": top},
     }
 
 
 def _inactive(model, tok, sae, feature: int, concept: Concept, budget: Budget, log: Callable[[str], None]) -> Dict:
     """The inactive side of strategy 2: questions about the concept answered with its feature
-    clamped to 0, and to -2x its maximum, against the unsteered answers."""
+    clamped to 0, and to -2x its maximum, against the unsteered answers. The clamp reported as
+    the ablation is the one that lowers mentions most while the answers keep 3/4 of the
+    unsteered distinct-word share (a clamp that silences the concept by breaking the model shows
+    as repetition); 0 if neither does."""
     asking = list(concept.asking[:max(2, budget.prompts // 4)])
-    rows = {}
-    for label, clamp in (("unsteered", None), ("clamped to 0", 0.0), ("clamped to -2x max", -2.0)):
-        if clamp is None:
-            ans = generate(model, tok, asking, max_new_tokens=budget.answer_tokens, sample=False)
-        else:
-            ans = _steered_answers(model, tok, sae, feature, clamp, asking, budget)
-        rows[label] = {"mention_rate": concept.mention_rate(ans), "weak_mention_rate": concept.mention_rate(ans, False),
-                       "distinct_words": distinct_words(ans), "answers": ans}
-    # (distinct words: a clamp that silences the concept by breaking the model shows as repetition)
-    log(f"  inactive: on {len(asking)} questions about {concept.name}, " + ", ".join(
-        f"{label} {r['mention_rate']:.0%} mention it (weak rule {r['weak_mention_rate']:.0%}, distinct words "
-        f"{r['distinct_words']:.0%})" for label, r in rows.items()))
-    return {"prompts": asking, **rows}
+    base = generate(model, tok, asking, max_new_tokens=budget.answer_tokens, sample=False)
+    unsteered = {"mention_rate": concept.mention_rate(base), "weak_mention_rate": concept.mention_rate(base, False),
+                 "distinct_words": distinct_words(base), "answers": base}
+    clamps = []
+    for clamp in (0.0, -2.0):
+        ans = _steered_answers(model, tok, sae, feature, clamp, asking, budget)
+        clamps.append({"scale": clamp, "mention_rate": concept.mention_rate(ans),
+                       "weak_mention_rate": concept.mention_rate(ans, False), "distinct_words": distinct_words(ans),
+                       "answers": ans})
+    fluent = [c for c in clamps if c["distinct_words"] >= 0.75 * unsteered["distinct_words"]]
+    used = min(fluent, key=lambda c: (c["mention_rate"], -c["scale"])) if fluent else clamps[0]
+    log(f"  inactive: on {len(asking)} questions about {concept.name}, unsteered {unsteered['mention_rate']:.0%} "
+        f"mention it (weak rule {unsteered['weak_mention_rate']:.0%}, distinct words {unsteered['distinct_words']:.0%}), "
+        + ", ".join(f"clamped to {c['scale']:g}x max {c['mention_rate']:.0%} (weak rule {c['weak_mention_rate']:.0%}, "
+                    f"distinct words {c['distinct_words']:.0%})" for c in clamps)
+        + f"; the ablation reported: {used['scale']:g}x")
+    return {"prompts": asking, "scale": used["scale"], "baseline_mention_rate": unsteered["mention_rate"],
+            "ablated_mention_rate": used["mention_rate"], "unsteered": unsteered, "clamps": clamps}
 
 
 def run(concepts: Sequence[str] = ("Golden Gate Bridge",), *, scale: float = 10.0, sweep: Sequence[float] = (),
-        prompts: Optional[Sequence[str]] = None, budget: str = "full", seed: int = 0,
-        cache_dir: Optional[str] = None, log: Callable[[str], None] = print) -> List[Dict]:
+        prompts: Optional[Sequence[str]] = None, budget: str = "full", architecture: str = "relu",
+        corpus: Optional[str] = None, train_tokens: Optional[int] = None, d_sae: Optional[int] = None, seed: int = 0, cache_dir: Optional[str] = None,
+        log: Callable[[str], None] = print) -> List[Dict]:
     for name in concepts:
         if name not in CONCEPTS:
             raise ValueError(f"concept: expected one of {list(CONCEPTS)}, got {name!r}")
     if budget not in BUDGETS:
         raise ValueError(f"budget: expected one of {list(BUDGETS)}, got {budget!r}")
     b = BUDGETS[budget]
-    model, tok, sae, _, held = prepare(b, seed=seed, cache_dir=cache_dir, log=log)
-    return [run_concept(model, tok, sae, held, CONCEPTS[name], b, scale=scale, sweep=sweep, prompts=prompts, log=log)
+    for name, value in (("train_tokens", train_tokens), ("d_sae", d_sae)):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+            b = replace(b, **{name: value})
+    model, tok, sae, train_rows, held = prepare(b, architecture=architecture, seed=seed, cache_dir=cache_dir,
+                                                corpus=corpus, log=log)
+    return [run_concept(model, tok, sae, held, CONCEPTS[name], b, scale=scale, sweep=sweep, prompts=prompts,
+                        train_rows=train_rows, log=log)
             for name in concepts]

@@ -1,0 +1,127 @@
+"""The demo's report page (sae_native.demo.report) on a record whose every number is known, read
+back from headless Chromium's DOM; and the demo's corpus helpers (user corpora, resumable
+sampling, token strings)."""
+import json
+import re
+
+import pytest
+
+from browser import rendered
+from sae_native.demo import report
+from sae_native.demo.corpus import read_texts
+
+EVIL = '<img src=x onerror="document.title=1">'
+
+
+def record(concept="Golden Gate Bridge", scale=10.0, best=3.0):
+    sweep = []
+    for s in range(1, 11):
+        sweep.append({"scale": float(s), "mention_rate": s / 10, "weak_mention_rate": min(1.0, s / 5),
+                      "median_perplexity": float("nan") if s == 7 else 2.0 ** s, "distinct_words": 0.9,
+                      "clamp_norm": 10.0 * s, "coherent": s <= 3})
+    tok = lambda words, acts: {"text": "".join(words), "tokens": words, "acts": acts}      # noqa: E731
+    prompts = ["What is 2+2?", "Name a colour.", EVIL]
+    return {
+        "concept": concept, "feature": 42, "selectivity_auroc": 0.99, "unnamed_auroc": 0.9, "per_language": {"fr": 0.5},
+        "architecture": "relu", "d_sae": 16384, "train_tokens": 1_000_000,
+        "sae_evaluation": {"fvu": 0.2, "l0": 30.0, "dead_fraction": 0.01, "ce_loss_recovered": 0.9},
+        "pos_frequency": 1.0, "neg_frequency": 0.0, "clamp_value": 50.0, "scale": scale,
+        "baseline_mention_rate": 0.0, "steered_mention_rate": 1.0, "loose_mention_rate": 1.0,
+        "mention_rule": "'Golden Gate' <strict>", "group_frequency": {"named (held-out corpus)": 1.0, "French": 0.5},
+        "residual_norm_median": 100.0, "clamp_norm": 100.0,
+        "inactive": {"prompts": ["Q1?", "Q2?"], "scale": 0.0, "baseline_mention_rate": 1.0, "ablated_mention_rate": 0.5,
+                     "unsteered": {"mention_rate": 1.0, "answers": ["a1", "a2"]},
+                     "clamps": [{"scale": 0.0, "mention_rate": 0.5, "answers": ["b1", "b2"]},
+                                {"scale": -2.0, "mention_rate": 0.0, "answers": ["c1", "c2"]}]},
+        "coherence": {"median_perplexity_steered": 1024.0, "median_perplexity_unsteered": 2.0},
+        "sweep": sweep, "best_scale": best, "best_scale_mention_rate": best / 10, "best_scale_coherent": True,
+        "examples": [{"prompt": p, "unsteered": f"plain {i}", "steered": f"bridge {i}"} for i, p in enumerate(prompts)],
+        "best_scale_examples": {"scale": best, "answers": [{"prompt": p, "steered": f"best {i}"}
+                                                           for i, p in enumerate(prompts)]},
+        "token_activations": {
+            "named": [tok(["The", " Golden", " Gate"], [0.0, 4.0, 2.0])],
+            "described": [tok(["orange", " bridge"], [1.0, 0.0])],
+            "unrelated": [tok(["cats", EVIL], [0.0, 0.0])],
+            "top_examples": [tok([f" w{i}" for i in range(100)], [8.0 if i == 50 else 0.0 for i in range(100)])]},
+    }
+
+
+def dom_of(tmp_path, results):
+    path = report.write_report(results, tmp_path / "report.html", subtitle="test run")
+    return rendered("file://" + str(path))
+
+
+def test_page_renders_every_part_with_the_numbers(tmp_path):
+    r = record()
+    dom = dom_of(tmp_path, [r, record("cats", best=10.0)])
+    assert re.findall(r'<section class="concept" data-concept="([^"]+)"', dom) == ["Golden Gate Bridge", "cats"]
+    first = dom.split('data-concept="cats"')[0]
+    # Strategy 1: one span per token (the top example cut to 24 either side of its peak), shaded
+    # by activation over the page's peak (8.0): 4.0 -> half, the peak -> full, 0 -> none
+    spans = re.findall(r'<span class="tok" data-act="([^"]+)" title="[^"]*"( style="[^"]*")?>', first)
+    assert len(spans) == 3 + 2 + 2 + 49
+    shade = {a: st for a, st in spans}
+    assert "rgba(255,120,0,0.50)" in shade["4"] and "rgba(255,120,0,1.00)" in shade["8"] and shade["0"] == ""
+    # Strategy 2: the chart has a point per scale for each rate and for every finite perplexity
+    assert len(re.findall(r'<circle class="point strict"', first)) == 10
+    assert len(re.findall(r'<circle class="point weak"', first)) == 10
+    assert len(re.findall(r'<circle class="point perplexity"', first)) == 9        # 7x's is NaN
+    assert re.findall(r'<line class="marker" data-scale="([^"]+)"', first) == ["10", "3"]
+    cy = {float(s): float(y) for s, y in re.findall(r'class="point strict" data-scale="([^"]+)" data-value="[^"]+" '
+                                                    r'cx="[^"]+" cy="([^"]+)"', first)}
+    assert cy[10.0] == pytest.approx(20.0) and cy[5.0] == pytest.approx(20 + 240 * 0.5)    # 100% at the top
+    assert len(re.findall(r"<tr", first.split('class="sweep"')[1].split("</table>")[0])) == 11
+    # answers side by side: unsteered, at 10x and at the best coherent scale
+    answers = first.split('class="answers"')[1].split("</table>")[0]
+    assert "steered at 3x (best coherent)" in answers and len(re.findall(r"<tr", answers)) == 4
+    assert "best 1" in answers and "bridge 2" in answers
+    inactive = first.split('class="inactive"')[1].split("</table>")[0]
+    assert "clamped to -2x max (0%)" in inactive and "c2" in inactive
+    # the cards carry the headline numbers
+    assert "AUROC 0.990" in first and "100% → 50%" in first and "FVU 0.200" in first and "1,000,000 tokens" in first
+    # when the best scale is the headline scale the extra column goes
+    second = dom.split('data-concept="cats"')[1]
+    assert "(best coherent)" not in second.split('class="answers"')[1].split("</table>")[0]
+
+
+def test_page_is_self_contained_and_escapes_text(tmp_path):
+    dom = dom_of(tmp_path, [record()])
+    assert "<img" not in dom and "&lt;img src=x" in dom       # shown as text, never parsed as an element
+    page = (tmp_path / "report.html").read_text()
+    assert not re.search(r'(src|href)\s*=\s*"?(https?:)?//', page) and "url(" not in page and "<script" not in page
+    assert "&lt;strict&gt;" in page
+
+
+def test_shaded_window_and_chart_edges():
+    row = {"tokens": list("abcdefghij"), "acts": [0, 0, 0, 0, 5, 0, 0, 0, 0, 0]}
+    html = report.shaded(row, 5.0, window=2)
+    assert re.findall(r">([a-j])</span>", html) == list("cdefg") and html.count("&hellip;") == 2
+    assert "&hellip;" not in report.shaded(row, 5.0)
+    one = report.chart([{"scale": 10.0, "mention_rate": 0.5, "weak_mention_rate": 0.5, "median_perplexity": 3.0}],
+                       headline=10.0, best=10.0)
+    assert one.count("<circle") == 3 and "nan" not in one.lower()
+    with pytest.raises(ValueError, match="results"):
+        report.write_report([], "/tmp/never.html")
+
+
+def test_user_corpus_texts(tmp_path):
+    (tmp_path / "a.txt").write_text("Short one.\n\nAnother short one.\n\n" + "Long paragraph. " * 400)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jsonl").write_text(json.dumps({"text": "from jsonl"}) + "\n\n")
+    (tmp_path / "ignored.md").write_text("not read")
+    texts = read_texts(str(tmp_path), min_chars=20, max_chars=1000)
+    assert texts[0] == "Short one. Another short one."
+    assert all(len(t) <= 1000 for t in texts) and sum(len(t) for t in texts[1:-1]) >= 16 * 400 - 1
+    assert texts[-1] == "from jsonl" and "not read" not in texts
+    (tmp_path / "sub" / "c.jsonl").write_text('{"words": 1}\n')
+    with pytest.raises(ValueError, match=r"c.jsonl line 1: expected an object with a 'text' string"):
+        read_texts(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="corpus"):
+        read_texts(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no text"):
+        read_texts(str(tmp_path / "empty"))
+
+
+def test_missing_numbers_read_n_a():
+    assert report._pct(float("nan")) == "n/a" and report._num(None) == "n/a" and report._pct(0.25) == "25%"
