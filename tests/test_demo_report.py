@@ -125,3 +125,41 @@ def test_user_corpus_texts(tmp_path):
 
 def test_missing_numbers_read_n_a():
     assert report._pct(float("nan")) == "n/a" and report._num(None) == "n/a" and report._pct(0.25) == "25%"
+
+
+@pytest.fixture(scope="module")
+def smol():
+    import smollm2
+    if smollm2.available():
+        pytest.skip(smollm2.available())
+    from sae_native.models import load_model
+    return load_model("smollm2")
+
+
+def test_token_strings_join_to_the_text(smol):
+    from sae_native.demo.pipeline import token_strings
+    _, tok = smol
+    ids = tok("Die Golden Gate Bridge überspannt die Meerenge, 金门大桥.")["input_ids"]
+    parts = token_strings(tok, ids)
+    assert len(parts) == len(ids) and "".join(parts) == tok.decode(ids)
+    assert not any("\ufffd" in p for p in parts) and " ü" in parts
+
+
+def test_sampled_corpus_resumes_where_it_stopped(smol, tmp_path):
+    from sae_native.demo.corpus import build_corpus
+    model, tok = smol
+    topics, templates = [("owls", 3), ("tea", 2)], ("Write about {topic}.", "Describe {topic}.")
+    kw = dict(max_new_tokens=6, seed=3, batch_size=2)
+    calls = []
+    whole = build_corpus(model, tok, topics, templates, path=str(tmp_path / "a.jsonl"),
+                         progress=lambda n, total, tokens: calls.append((n, total, tokens)), **kw)
+    assert [r["topic"] for r in whole] == ["owls"] * 3 + ["tea"] * 2 and all(r["text"] for r in whole)
+    assert [c[:2] for c in calls] == [(2, 5), (4, 5), (5, 5)] and all(0 < c[2] <= 2 * 6 for c in calls)
+    # a run killed after three rows and half of the fourth line resumes and writes the same corpus
+    lines = (tmp_path / "a.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "b.jsonl").write_text("".join(lines[:3]) + lines[3][:10])
+    assert build_corpus(model, tok, topics, templates, path=str(tmp_path / "b.jsonl"), **kw) == whole
+    assert (tmp_path / "b.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()
+    # a file written for other topics is not mistaken for this corpus
+    other = build_corpus(model, tok, [("tea", 5)], templates, path=str(tmp_path / "a.jsonl"), **kw)
+    assert [r["topic"] for r in other] == ["tea"] * 5
