@@ -43,6 +43,7 @@ def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
         assert r["architecture"] == "relu" and r["d_sae"] == 256 and r["train_tokens"] >= 3000
         ev = r["sae_evaluation"]
         assert 0 <= ev["fvu"] and ev["l0"] > 0 and 0 <= ev["dead_fraction"] <= 1 and ev["ce_loss_recovered"] <= 1
+        assert ev["outlier_tokens"] >= 0 and ev["fvu_all_tokens"] >= 0 and ev["tokens"] > 0
         assert 0.0 <= r["unnamed_auroc"] <= 1.0 and set(r["per_language"]) == {"fr", "es", "de"}
         assert r["html"] == str(page)
         assert len(r["examples"]) == 4 and all({"prompt", "unsteered", "steered"} <= set(e) for e in r["examples"])

@@ -160,6 +160,10 @@ def test_sampled_corpus_resumes_where_it_stopped(smol, tmp_path):
     (tmp_path / "b.jsonl").write_text("".join(lines[:3]) + lines[3][:10])
     assert build_corpus(model, tok, topics, templates, path=str(tmp_path / "b.jsonl"), **kw) == whole
     assert (tmp_path / "b.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()
+    # a complete corpus is read, not sampled again
+    again = []
+    assert build_corpus(model, tok, topics, templates, path=str(tmp_path / "b.jsonl"),
+                        progress=lambda *a: again.append(a), **kw) == whole and again == []
     # a file written for other topics is not mistaken for this corpus
     other = build_corpus(model, tok, [("tea", 5)], templates, path=str(tmp_path / "a.jsonl"), **kw)
     assert [r["topic"] for r in other] == ["tea"] * 5

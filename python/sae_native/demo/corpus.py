@@ -123,6 +123,8 @@ def build_corpus(model, tok, topics: Sequence[Tuple[str, int]], templates: Seque
                     break                      # a line cut short by an interrupted write
         if [(r["topic"], r["prompt"]) for r in rows] != jobs[:len(rows)]:
             rows = []                          # written for other topics or another seed: start over
+    if len(rows) == len(jobs):
+        return rows                            # complete: nothing to sample or rewrite
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:                 # (rewritten: drops a cut-short last line)
         for r in rows:
