@@ -108,7 +108,7 @@ def test_user_corpus_texts(tmp_path):
     (tmp_path / "a.txt").write_text("Short one.\n\nAnother short one.\n\n" + "Long paragraph. " * 400)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.jsonl").write_text(json.dumps({"text": "from jsonl"}) + "\n\n")
-    (tmp_path / "ignored.md").write_text("not read")
+    (tmp_path / "table.csv").write_text("not read")   # neither .txt nor .jsonl
     texts = read_texts(str(tmp_path), min_chars=20, max_chars=1000)
     assert texts[0] == "Short one. Another short one."
     assert all(len(t) <= 1000 for t in texts) and sum(len(t) for t in texts[1:-1]) >= 16 * 400 - 1

@@ -37,16 +37,24 @@ def test_the_plan_takes_the_fewest_shards_that_fit(d_in, d_sae, mem):
 
 
 def test_the_step_estimate_is_the_work_divided_by_the_given_rates_and_errors():
-    # No clock is read here: the plan divides counted FLOPs and bytes by rates the caller gives.
+    # No clock is read here, and nothing is held to a time: the plan divides counted FLOPs and
+    # bytes by rates the caller gives, and the test checks that arithmetic as ratios.
     p = plan(4096, 34_000_000, device_memory_gb=80, tflops=400.0, memory_gb_s=3000.0, link_gb_s=400.0)
-    gemm = 2 * 4096 * 4096 * p.latents_per_shard / 400e12
+    compute = p.flop_per_step / 400e12                      # each part: work / given rate
     adam = p.latents_per_shard * p.bytes_per_latent * 2 / 3000e9
     link = p.exchanged_per_step_gb / 400.0
-    assert p.estimated_step_seconds == pytest.approx(p.flop_per_step / 400e12 + adam + link)
-    assert p.estimated_step_seconds > gemm
-    assert p.estimated_tokens_per_second == pytest.approx(4096 / p.estimated_step_seconds)
+    shares = p.step_shares
+    assert set(shares) == {"compute", "optimizer", "exchange"} and sum(shares.values()) == pytest.approx(1.0)
+    assert shares["optimizer"] / shares["compute"] == pytest.approx(adam / compute)
+    assert shares["exchange"] / shares["compute"] == pytest.approx(link / compute)
+    # the encoder GEMM alone is part of the compute, so it is less than the whole step
+    assert 2 * 4096 * 4096 * p.latents_per_shard / p.flop_per_step * shares["compute"] < 1.0
+    # twice every rate: twice the throughput, and the same shares
+    fast = plan(4096, 34_000_000, device_memory_gb=80, tflops=800.0, memory_gb_s=6000.0, link_gb_s=800.0)
+    assert fast.estimated_tokens_per_second / p.estimated_tokens_per_second == pytest.approx(2.0)
+    assert fast.step_shares == pytest.approx(shares)
     no_link = plan(4096, 34_000_000, tflops=400.0, memory_gb_s=3000.0)
-    assert no_link.estimated_step_seconds is None and no_link.estimated_tokens_per_second is None
+    assert no_link.step_shares is None and no_link.estimated_tokens_per_second is None
     more = plan(4096, 34_000_000, replicas=4, tflops=400.0, memory_gb_s=3000.0, link_gb_s=400.0)
     assert more.exchanged_per_step_gb > p.exchanged_per_step_gb                # + the gradients
     with pytest.raises(ValueError, match="d_sae: expected an int >= 1"):

@@ -320,12 +320,13 @@ def _plan(args, parser) -> int:
         print(f"rates ({where}): {rates['tflops']:.2f} TFLOP/s encoder, {rates['memory_gb_s'] or 0:.0f} GB/s "
               f"memory, {rates['link_gb_s'] or 0:.0f} GB/s link")
     print(f"{'d_in':>6} {'device GB':>9} {'shards':>6} {'latents/shard':>13} {'GB/device':>9} "
-          f"{'GB recv/step':>12} {'s/step':>8} {'tokens/s':>10}")
+          f"{'GB recv/step':>12} {'s/step':>8} {'tokens/s':>10} {'bound by':>9}")
     for mem, p in plans:
         step = f"{p.estimated_step_seconds:8.3f}" if p.estimated_step_seconds else f"{'-':>8}"
         tps = f"{p.estimated_tokens_per_second:10,.0f}" if p.estimated_tokens_per_second else f"{'-':>10}"
+        bound = max(p.step_shares, key=p.step_shares.get) if p.step_shares else "-"
         print(f"{p.d_in:>6} {mem:>9g} {p.shards:>6} {p.latents_per_shard:>13,} {p.memory_per_device_gb:>9.1f} "
-              f"{p.exchanged_per_step_gb:>12.3f} {step} {tps}")
+              f"{p.exchanged_per_step_gb:>12.3f} {step} {tps} {bound:>9}")
     if any(p.estimated_step_seconds is None for _, p in plans):
         print("(s/step needs --tflops and --memory-gbs, or --measure, and --link-gbs for more than one rank)")
     if args.json:

@@ -22,9 +22,9 @@ def chat_prompt(tok, question: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
 
 
-def generate(model, tok, questions: Sequence[str], *, max_new_tokens: int, batch_size: int = 32, sample: bool,
-             seed: int = 0, progress=None) -> List[str]:
-    """Answers to chat questions, batched (left padding), sampled with a seed or greedy."""
+def generate(model, tok, questions: Sequence[str], *, max_new_tokens: int, batch_size: int = 32) -> List[str]:
+    """Greedy answers to chat questions, batched (left padding), through the model's own generate:
+    the steering hooks run on every forward it makes. (The corpus is sampled by `sample`.)"""
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -32,13 +32,10 @@ def generate(model, tok, questions: Sequence[str], *, max_new_tokens: int, batch
     for start in range(0, len(questions), batch_size):
         chunk = [chat_prompt(tok, q) for q in questions[start:start + batch_size]]
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        torch.manual_seed(seed + start)
         with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample, temperature=0.8 if sample
-                                 else None, top_p=0.9 if sample else None, top_k=None, pad_token_id=tok.pad_token_id)
+            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                                 top_k=None, pad_token_id=tok.pad_token_id)
         out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        if progress is not None:
-            progress(len(out))
     return out
 
 

@@ -93,7 +93,7 @@ def _texts_key(texts: Sequence[str]) -> str:
     return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
 
 
-def _bulk_texts(model, tok, budget: Budget, *, seed: int, folder: str, corpus: Optional[str],
+def _bulk_texts(writer, tok, budget: Budget, *, seed: int, folder: str, corpus: Optional[str],
                 log: Callable[[str], None]) -> List[str]:
     """The unlabelled bulk of the training data: a user's corpus (--corpus), or texts the model
     samples about many topics in many forms (cached, resumable)."""
@@ -105,7 +105,6 @@ def _bulk_texts(model, tok, budget: Budget, *, seed: int, folder: str, corpus: O
     per_text = 0.85 * budget.bulk_tokens     # (answers stop early at the end-of-turn token)
     per_topic = max(1, math.ceil(budget.train_tokens / per_text / len(topics)))
     path = os.path.join(folder, f"bulk-{budget.bulk_tokens}x{per_topic * len(topics)}-s{seed}.jsonl")
-    writer = writer_model(model, log)
     t0, written = time.perf_counter(), [0]
 
     def progress(done: int, total: int, tokens: int) -> None:
@@ -119,20 +118,17 @@ def _bulk_texts(model, tok, budget: Budget, *, seed: int, folder: str, corpus: O
     return [r["text"] for r in rows]
 
 
-def _store(model, tok, texts: Sequence[str], folder: str, log: Callable[[str], None]):
+def _store(writer, tok, texts: Sequence[str], key: str, folder: str, log: Callable[[str], None]):
     """The activations at SITE over the texts, on disk in shards (resumable, with progress)."""
     from ..store import ActivationStore, write_store
-    key = _texts_key(texts)
     out = os.path.join(folder, f"store-{key}")
     t0 = time.perf_counter()
-    writer = writer_model(model, lambda _: None)
     batches = list(_batches(tok, texts))
-    m = write_store(writer, SITE, batches, out, source={"texts": key, "model": "SmolLM2-135M-Instruct",
-                                                        "dtype": str(next(writer.parameters()).dtype)},
-                    progress=True, total=len(batches), exclude_token_ids=[tok.pad_token_id])
+    write_store(writer, SITE, batches, out, source={"texts": key, "model": "SmolLM2-135M-Instruct",
+                                                    "dtype": str(next(writer.parameters()).dtype)},
+                progress=True, total=len(batches), exclude_token_ids=[tok.pad_token_id])
     store = ActivationStore(out)
     log(f"activations: {store.n_tokens} tokens at {SITE} in {out} ({time.perf_counter() - t0:.0f} s)")
-    del m
     return store
 
 
@@ -164,11 +160,14 @@ def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_
         cut = len(rows) - max(1, int(round(budget.held_out * len(rows))))
         train_rows += rows[:cut]
         held_rows += rows[cut:]
-    texts = [r["text"] for r in train_rows] + _bulk_texts(model, tok, budget, seed=seed, folder=folder, corpus=corpus,
-                                                          log=log)
-    store = _store(model, tok, texts, folder, log)
+    writer = writer_model(model, log)     # (samples the bulk corpus and reads the store's activations)
+    texts = [r["text"] for r in train_rows] + _bulk_texts(writer, tok, budget, seed=seed, folder=folder,
+                                                          corpus=corpus, log=log)
+    key = _texts_key(texts)
+    store = _store(writer, tok, texts, key, folder, log)
+    del writer
     size = f"k{budget.k}" if architecture == "topk" else "default"
-    sae_dir = os.path.join(folder, f"sae-{architecture}-{budget.d_sae}-{size}-{store.n_tokens}-{_texts_key(texts)}")
+    sae_dir = os.path.join(folder, f"sae-{architecture}-{budget.d_sae}-{size}-{store.n_tokens}-{key}")
     t0 = time.perf_counter()
     if os.path.isfile(os.path.join(sae_dir, "cfg.json")):
         sae = load_sae(sae_dir)
@@ -263,7 +262,7 @@ def _peak(row: Dict) -> float:
 
 def _steered_answers(model, tok, sae, feature: int, scale: float, prompts, budget: Budget):
     with hooks.steer(model, SITE, sae, {feature: ("max", scale)}):
-        return generate(model, tok, prompts, max_new_tokens=budget.answer_tokens, sample=False)
+        return generate(model, tok, prompts, max_new_tokens=budget.answer_tokens)
 
 
 def _median(values) -> float:
@@ -308,7 +307,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     log("  fires on: " + ", ".join(f"{g} {r:.0%}" for g, r in best.group_frequency.items()))
     prompts = list(prompts or PROMPTS[:budget.prompts])
     log(f"  a mention is: {concept.rule}")
-    base = generate(model, tok, prompts, max_new_tokens=budget.answer_tokens, sample=False)
+    base = generate(model, tok, prompts, max_new_tokens=budget.answer_tokens)
     base_rate, base_weak = concept.mention_rate(base), concept.mention_rate(base, strict=False)
     ppl_base = _median([answer_perplexity(model, tok, p, a) for p, a in zip(prompts, base)])
     distinct_base = distinct_words(base)
@@ -358,14 +357,16 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     # Strategy 1 on the page: token by token, on texts that name the concept, describe it, or
     # translate it, and on unrelated texts; and the feature's top examples over the labelled corpus.
     described = list(concept.phrasings.get("described (no name)", ()))
-    shade = {"named": token_activations(model, tok, sae, best.feature, pos[:3]),
+    # (the labelled corpus once: the named, unrelated and top texts are all among it)
+    labelled = {r["text"]: r for r in token_activations(model, tok, sae, best.feature,
+                                                         [r["text"] for r in held_rows + list(train_rows)])}
+    shade = {"named": [labelled[t] for t in pos[:3]],
              "described": token_activations(model, tok, sae, best.feature, described),
              "other languages": token_activations(model, tok, sae, best.feature, [
                  t for g in ("French", "Spanish", "German") for t in concept.phrasings.get(g, ())[:1]]),
-             "unrelated": token_activations(model, tok, sae, best.feature, neg[:4])}
-    everything = token_activations(model, tok, sae, best.feature, [r["text"] for r in held_rows + list(train_rows)])
-    top = sorted(everything, key=_peak, reverse=True)[:5]
-    neg_peaks = torch.tensor([_peak(r) for r in token_activations(model, tok, sae, best.feature, neg)])
+             "unrelated": [labelled[t] for t in neg[:4]]}
+    top = sorted(labelled.values(), key=_peak, reverse=True)[:5]
+    neg_peaks = torch.tensor([_peak(labelled[t]) for t in neg])
     unnamed = (float(features.auroc(torch.tensor([_peak(r) for r in shade["described"]])[:, None], neg_peaks[:, None])[0])
                if described else float("nan"))
     log(f"  on texts that describe {concept.name} without naming it: AUROC {unnamed:.3f}")
@@ -409,7 +410,7 @@ def _inactive(model, tok, sae, feature: int, concept: Concept, budget: Budget, l
     unsteered distinct-word share (a clamp that silences the concept by breaking the model shows
     as repetition); 0 if neither does."""
     asking = list(concept.asking[:max(2, budget.prompts // 4)])
-    base = generate(model, tok, asking, max_new_tokens=budget.answer_tokens, sample=False)
+    base = generate(model, tok, asking, max_new_tokens=budget.answer_tokens)
     unsteered = {"mention_rate": concept.mention_rate(base), "weak_mention_rate": concept.mention_rate(base, False),
                  "distinct_words": distinct_words(base), "answers": base}
     clamps = []
@@ -431,8 +432,8 @@ def _inactive(model, tok, sae, feature: int, concept: Concept, budget: Budget, l
 
 def run(concepts: Sequence[str] = ("Golden Gate Bridge",), *, scale: float = 10.0, sweep: Sequence[float] = (),
         prompts: Optional[Sequence[str]] = None, budget: str = "full", architecture: str = "relu",
-        corpus: Optional[str] = None, train_tokens: Optional[int] = None, d_sae: Optional[int] = None, seed: int = 0, cache_dir: Optional[str] = None,
-        log: Callable[[str], None] = print) -> List[Dict]:
+        corpus: Optional[str] = None, train_tokens: Optional[int] = None, d_sae: Optional[int] = None,
+        seed: int = 0, cache_dir: Optional[str] = None, log: Callable[[str], None] = print) -> List[Dict]:
     for name in concepts:
         if name not in CONCEPTS:
             raise ValueError(f"concept: expected one of {list(CONCEPTS)}, got {name!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -33,6 +33,9 @@ class Plan:
     # Arithmetic on the given rates (work / rate), not a timing: None without rates
     estimated_step_seconds: Optional[float]
     estimated_tokens_per_second: Optional[float]
+    # Each part's share of that step: "compute" (the GEMMs), "optimizer" (Adam's pass over the
+    # weights), "exchange" (the collectives): what bounds it, and what a faster part would buy
+    step_shares: Optional[Dict[str, float]]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,13 +89,14 @@ def plan(d_in: int, d_sae: int, *, device_memory_gb: float = 80.0, weight_dtype:
         received += 2 * n * (2 * d_in + 2) * 4 * (replicas - 1) / replicas   # gradients
     b = batch / replicas
     flop = 2 * b * d_in * n + 2 * 2 * b * k * d_in * 2      # encoder GEMM; sparse backward and decode
-    seconds = None
+    seconds = shares = None
     if tflops and memory_gb_s and (link_gb_s or (shards == 1 and replicas == 1)):
-        seconds = flop / (tflops * 1e12) + n * per_latent * 2 / (memory_gb_s * 1e9)
-        if received:
-            seconds += received / (link_gb_s * 1e9)
+        parts = {"compute": flop / (tflops * 1e12), "optimizer": n * per_latent * 2 / (memory_gb_s * 1e9),
+                 "exchange": received / (link_gb_s * 1e9) if received else 0.0}
+        seconds = sum(parts.values())
+        shares = {name: part / seconds for name, part in parts.items()}
     return Plan(d_in, d_sae, shards, replicas, n, per_latent, memory, received / 1e9, flop, seconds,
-                None if seconds is None else batch / seconds)
+                None if seconds is None else batch / seconds, shares)
 
 
 def measure_rates(device="cpu", d_in: int = 768, d_sae: int = 16384, n: int = 1024) -> dict:

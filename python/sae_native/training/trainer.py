@@ -133,13 +133,11 @@ class Trainer:
             x_hat = z @ W_dec + self.b_dec
         else:
             z, values, indices = self._encode(xs, W_enc, b_in, total_steps)
-        if dense:
-            pass                            # (x_hat above)
-        elif lat:                           # this rank's latents' part of the reconstruction, summed
-            x_hat = lat.sum_forward(_ops.decode(z, indices, W_dec, None, False), "the partial reconstructions "
-                                    "(training step)") + self.b_dec
-        else:
-            x_hat = _ops.decode(z, indices, W_dec, self.b_dec, False)   # the encode's own codes: no check
+            if lat:                         # this rank's latents' part of the reconstruction, summed
+                x_hat = lat.sum_forward(_ops.decode(z, indices, W_dec, None, False), "the partial reconstructions "
+                                        "(training step)") + self.b_dec
+            else:
+                x_hat = _ops.decode(z, indices, W_dec, self.b_dec, False)   # the encode's own codes: no check
         err = xs - x_hat
         recon = err.pow(2).sum(-1).mean() / self.d_in
         loss = recon
@@ -198,7 +196,7 @@ class Trainer:
         with torch.no_grad():
             if cfg.unit_decoder:
                 self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            n_active = self._track(z.detach(), indices, active, B_all)
+            n_active = self._track(z.detach(), indices, active, B_all, dense)
             if lat:
                 n_active = int(lat.sum(torch.tensor([n_active]), "the active latents' count")[0])
             if cfg.architecture == "relu":
@@ -248,12 +246,12 @@ class Trainer:
         values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, None, band, None, True)
         return JumpReLUCodes.apply(values, indices, theta, cfg.bandwidth), values, indices
 
-    def _track(self, z: Tensor, indices: Tensor, active: Tensor, rows: int) -> int:
-        """The latents' firing counts, sums and maxima over the global batch of ``rows`` rows;
-        returns the batch's active entries."""
+    def _track(self, z: Tensor, indices: Tensor, active: Tensor, rows: int, dense: bool = False) -> int:
+        """The latents' firing counts, sums and maxima over the global batch of ``rows`` rows
+        (``dense``: z is [B, d_sae], the dense ReLU step's); returns the batch's active entries."""
         d_sae = len(self.b_enc)               # this rank's latents
         counts = torch.zeros(2, d_sae, dtype=torch.float64, device=z.device)
-        if z.shape[-1] == d_sae and indices.stride(0) == 0:     # the dense ReLU step: column sums
+        if dense:                             # column sums
             fired = active.float()
             counts[0] = fired.sum(0, dtype=torch.float64)
             counts[1] = (z.float() * fired).sum(0, dtype=torch.float64)
