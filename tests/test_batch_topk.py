@@ -117,9 +117,8 @@ def test_the_topk_phase_selects_k_per_token_then_the_batch_takes_over(topk_warmu
     trainer = sn.Trainer(12, cfg)
     steps = 6
     for step in range(steps):
-        W_enc, _ = trainer._kernel_weights()
         trainer.scale = trainer.scale or 1.0
-        z, _, indices = trainer._encode(x, W_enc, trainer.b_dec, steps)
+        z, _, indices = trainer._encode(x, trainer._kernel_weights(), trainer.b_dec, steps)
         per_row = ((z != 0) & (indices >= 0)).sum(1)
         batch_phase = step >= topk_warmup * steps
         assert cfg.batch_selection_at(step, steps) == batch_phase

@@ -305,6 +305,12 @@ def test_sparse_dot_and_outer_match_dense(dev, wdtype, rows, d, strided):
                 if idx[r, j] >= 0:
                     dense[idx[r, j]] += vals[r, j].double() * g[r].double()
         torch.testing.assert_close(out.double(), dense.t() if transposed else dense, atol=tol, rtol=tol)
+        # sparse_outer_add_: the same sums added into a gradient already there, in either layout
+        start = randn(rows, d, seed=7).to(T)
+        into = (torch.empty(d, rows, dtype=T, device=dev).t() if transposed
+                else torch.empty(rows, d, dtype=T, device=dev)).copy_(start)
+        torch.ops.sae_native.sparse_outer_add_(into, vals.to(dev), idx.to(dev), g.to(dev))
+        torch.testing.assert_close(into.cpu().double(), start.double() + dense, atol=tol, rtol=tol)
 
 
 # ---- steering -------------------------------------------------------------------------------------

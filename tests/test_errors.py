@@ -144,7 +144,18 @@ def test_ops_called_directly_validate():
     # Out-of-range indices are never read: the kernels skip and count them, then the op raises.
     with pytest.raises(ValueError, match=r"sae_native::decode: indices: .* got 1000000000000 \(2 out of range\)"):
         ops.decode(torch.ones(1, 2), torch.tensor([[10**12, -7]]), w["W_dec"], None)
+    with pytest.raises(ValueError, match=r"sparse_outer_add_: out must have contiguous rows or columns, got strides "
+                                         r"\(0, 1\)"):
+        ops.sparse_outer_add_(torch.zeros(1, 8).expand(20, 8), torch.ones(1, 1), torch.tensor([[3]]), randn(1, 8))
+    with pytest.raises(ValueError, match=r"sparse_outer_add_: out must be torch.float32 \[rows, 8\], got "
+                                         r"torch.float64 \[20, 8\]"):
+        ops.sparse_outer_add_(torch.zeros(20, 8, dtype=torch.float64), torch.ones(1, 1), torch.tensor([[3]]),
+                              randn(1, 8))
+    with pytest.raises(ValueError, match=r"sparse_outer_add_: out must be a 2-D tensor \[rows, 8\], got \[160\]"):
+        ops.sparse_outer_add_(torch.zeros(160), torch.ones(1, 1), torch.tensor([[3]]), randn(1, 8))
     for call in (lambda: ops.sparse_dot(randn(1, 8), torch.tensor([[20]]), w["W_dec"]),
+                 lambda: ops.sparse_outer_add_(torch.zeros(20, 8), torch.ones(1, 1), torch.tensor([[-5]]),
+                                               randn(1, 8)),
                  lambda: ops.sparse_outer(torch.ones(1, 1), torch.tensor([[-5]]), randn(1, 8), 20, False),
                  lambda: ops.steer_codes(randn(1, 8), torch.ones(1, 1), torch.tensor([[99]]), w["W_dec"], None,
                                          torch.tensor([1]), torch.tensor([1.0]), "set", False, False)):

@@ -76,6 +76,7 @@ def test_backward_helpers():
     vals = torch.rand(6, 4)
     torch.library.opcheck(ops.sparse_outer, (vals, idx, g, 37, False))
     torch.library.opcheck(ops.sparse_outer, (vals, idx, g, 37, True))
+    torch.library.opcheck(ops.sparse_outer_add_, (randn(37, 12), vals, idx, g))
 
 
 def test_backward_helpers_match_dense():
@@ -90,3 +91,6 @@ def test_backward_helpers_match_dense():
     dense = torch.zeros(6, 37, dtype=torch.float64).scatter_add(-1, idx.clamp_min(0), vals * (idx >= 0))
     torch.testing.assert_close(ops.sparse_outer(vals, idx, g, 37, False), dense.t() @ g)
     torch.testing.assert_close(ops.sparse_outer(vals, idx, g, 37, True), (dense.t() @ g).t())
+    for into in (torch.ones(37, 12, dtype=torch.float64), torch.ones(12, 37, dtype=torch.float64).t()):
+        ops.sparse_outer_add_(into, vals, idx, g)                 # added to what is there, in place
+        torch.testing.assert_close(into, 1 + dense.t() @ g)

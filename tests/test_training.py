@@ -230,3 +230,59 @@ def test_relu_dense_step_matches_the_sparse_step(d_sae, batch):
         torch.testing.assert_close(getattr(dense, name), getattr(sparse, name), rtol=1e-4, atol=1e-5)
     for name in ("fired", "act_sum", "act_max", "since_fired"):
         torch.testing.assert_close(getattr(dense, name), getattr(sparse, name), rtol=1e-5, atol=1e-5)
+
+
+def _reference_grads(trainer, x, total_steps):
+    """The step's gradients of W_enc^T and W_dec in float64, from the codes the step's encode
+    picks: dense autograd through z (the codes' values), pre = u @ W_enc at the chosen latents,
+    plus the ReLU's L1 on decoder norms and the unit-decoder projection."""
+    cfg = trainer.cfg
+    f64 = torch.float64
+    xs = (x * trainer.scale).double()
+    with torch.no_grad():
+        z_op, _, idx = trainer._encode(xs.float(), trainer._kernel_weights(), trainer.b_dec, total_steps)
+    W_enc = trainer.W_enc_t.detach().double().t().requires_grad_()
+    W_dec = trainer.W_dec.detach().double().requires_grad_()
+    b_dec = trainer.b_dec.detach().double()
+    live = (idx >= 0) & (z_op > 0)
+    safe = idx.clamp_min(0)
+    u = xs - b_dec
+    # z's values are the kernel's (bf16 weights round them); their dependence on W_enc is u's
+    pre = (u @ W_enc).gather(1, safe)
+    z = (z_op.double() + pre - pre.detach()) * live
+    x_hat = torch.zeros(len(xs), W_enc.shape[1], dtype=f64).scatter_add(1, safe, z) @ W_dec + b_dec
+    loss = (xs - x_hat).pow(2).sum(-1).mean() / trainer.d_in
+    if cfg.architecture == "relu":
+        l1 = (z * W_dec.norm(dim=1)[safe]).sum(-1).mean()
+        loss = loss + cfg.sparsity_at(trainer.step_count, total_steps) * l1 / trainer.d_in
+    loss.backward()
+    g_dec = W_dec.grad
+    if cfg.unit_decoder:
+        g_dec = g_dec - (g_dec * W_dec).sum(-1, keepdim=True) * W_dec
+    return W_enc.grad.t(), g_dec
+
+
+@pytest.mark.parametrize("architecture", ["topk", "relu"])
+@pytest.mark.parametrize("weight_dtype", ["float32", "bfloat16"])
+def test_step_gradients_match_a_float64_reference(architecture, weight_dtype):
+    """The step's weight gradients, which its backward adds into kept .grad buffers (in float32
+    from the bf16 kernels' codes: training/kernel_weights.py), are the dense float64 gradients of
+    its loss, step after step (a buffer not zeroed between steps, or a contribution left out,
+    fails this), with odd sizes."""
+    from sae_native.training.trainer import Trainer
+    extra = dict(k=5, auxk_coef=0.0) if architecture == "topk" else {}
+    cfg = sn.TrainConfig(architecture=architecture, d_sae=53, batch_size=31, steps=4, seed=2, weight_dtype=weight_dtype,
+                         **extra)
+    trainer = Trainer(17, cfg)
+    trainer.relu_dense = False
+    g = torch.Generator().manual_seed(4)
+    for step in range(3):
+        x = torch.randn(31, 17, generator=g) * 3 + 1
+        if step == 0:
+            trainer._start(x)
+        want_enc, want_dec = _reference_grads(trainer, x, 4)
+        trainer.relu_dense = False
+        trainer.step(x, 4)
+        torch.testing.assert_close(trainer.W_enc_t.grad.double(), want_enc, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(trainer.W_dec.grad.double(), want_dec, rtol=1e-4, atol=1e-5)
+    assert trainer.W_enc_t.grad.dtype == torch.float32 and trainer.W_dec.grad.dtype == torch.float32

@@ -31,7 +31,7 @@ from . import reference
 from .backends import contract, registry
 
 __all__ = ["pack_encoder", "encode_topk", "encode_groupmax", "encode_threshold", "decode", "steer_threshold",
-           "steer_codes", "sparse_dot", "sparse_outer"]
+           "steer_codes", "sparse_dot", "sparse_outer", "sparse_outer_add_"]
 
 
 def _run(op: str, *args):
@@ -121,28 +121,41 @@ def _encode_setup(ctx, inputs, output):
 
 
 def _encode_backward(ctx, g_values, *_unused):
+    x, W_enc, b_dec, values, indices = ctx.saved_tensors
+    grads = encode_grads(g_values, x, W_enc, b_dec if ctx.has_b_dec else None, values, indices, ctx.b_enc_meta,
+                         ctx.needs_input_grad[:4])
+    return grads + (None,) * (len(ctx.needs_input_grad) - 4)
+
+
+def encode_grads(g_values: Tensor, x: Tensor, W_enc: Tensor, b_dec: Optional[Tensor], values: Tensor,
+                 indices: Tensor, b_enc_meta, need, W_enc_grad_t: Optional[Tensor] = None):
+    """The gradients (x, W_enc, b_enc, b_dec) of an encode's ``values`` given theirs, where ``need``
+    says (None elsewhere); ``b_enc_meta`` is b_enc's (shape, dtype). With ``W_enc_grad_t``
+    [d_sae, d_in], W_enc's gradient is added to it in place (transposed) instead of returned: a
+    trainer's persistent gradient buffer (training/kernel_weights.py)."""
     # values = relu(pre) at the selected latents; the selection itself is piecewise constant.
     # The indices are the forward's own: no check (check=False).
-    x, W_enc, b_dec, values, indices = ctx.saved_tensors
-    need = ctx.needs_input_grad
     g_pre = g_values * (values > 0).to(g_values.dtype)
     g_x = g_W_enc = g_b_enc = g_b_dec = None
-    if need[0] or (ctx.has_b_dec and need[3]):
+    if need[0] or (b_dec is not None and need[3]):
         # sum_j g_pre[r, j] * W_enc[:, idx[r, j]]: a decode against the rows of W_enc transposed,
         # made contiguous once (gathering strided columns would miss the cache on every element).
         rows = W_enc.t()
         g_u = decode(g_pre, indices, rows if rows.stride(1) == 1 else rows.contiguous(), None, False)
         g_x = g_u if need[0] else None
-        g_b_dec = -g_u.sum(0).to(b_dec.dtype) if ctx.has_b_dec and need[3] else None
+        g_b_dec = -g_u.sum(0).to(b_dec.dtype) if b_dec is not None and need[3] else None
     if need[1]:
         # Accumulated as [d_sae, d_in] rows (contiguous writes), handed back as W_enc's transpose.
-        u = x - b_dec.to(x.dtype) if ctx.has_b_dec else x
-        g_W_enc = sparse_outer(g_pre, indices, u, W_enc.shape[1], False, False).t().to(W_enc.dtype)
+        u = x - b_dec.to(x.dtype) if b_dec is not None else x
+        if W_enc_grad_t is not None:
+            sparse_outer_add_(W_enc_grad_t, g_pre, indices, u, False)
+        else:
+            g_W_enc = sparse_outer(g_pre, indices, u, W_enc.shape[1], False, False).t().to(W_enc.dtype)
     if need[2]:
-        shape, dtype = ctx.b_enc_meta
+        shape, dtype = b_enc_meta
         g_b_enc = g_pre.new_zeros(shape).index_add_(0, indices.clamp_min(0).flatten(), g_pre.flatten())
         g_b_enc = g_b_enc.to(dtype)
-    return (g_x, g_W_enc, g_b_enc, g_b_dec) + (None,) * (len(ctx.needs_input_grad) - 4)
+    return g_x, g_W_enc, g_b_enc, g_b_dec
 
 
 encode_topk.register_autograd(_encode_backward, setup_context=_encode_setup)
@@ -173,12 +186,25 @@ def _decode_setup(ctx, inputs, output):
 
 
 def _decode_backward(ctx, g):
-    values, indices, W_dec = ctx.saved_tensors   # indices the forward already read: check=False
-    need = ctx.needs_input_grad
+    values, indices, W_dec = ctx.saved_tensors
+    grads = decode_grads(g, values, indices, W_dec, ctx.b_dec_dtype, ctx.needs_input_grad[:4])
+    return grads + (None,) * (len(ctx.needs_input_grad) - 4)
+
+
+def decode_grads(g: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor, b_dec_dtype, need,
+                 W_dec_grad: Optional[Tensor] = None):
+    """The gradients (values, indices: None, W_dec, b_dec) of a decode given its output's, where
+    ``need`` says; ``b_dec_dtype`` None when the decode had no b_dec. With ``W_dec_grad``
+    [d_sae, d_in], W_dec's gradient is added to it in place instead of returned."""
+    # (indices the forward already read: check=False)
     g_values = sparse_dot(g, indices, W_dec, False) if need[0] else None
-    g_W_dec = sparse_outer(values, indices, g, W_dec.shape[0], False, False).to(W_dec.dtype) if need[2] else None
-    g_b_dec = g.sum(0).to(ctx.b_dec_dtype) if ctx.b_dec_dtype is not None and need[3] else None
-    return (g_values, None, g_W_dec, g_b_dec) + (None,) * (len(ctx.needs_input_grad) - 4)
+    g_W_dec = None
+    if need[2] and W_dec_grad is not None:
+        sparse_outer_add_(W_dec_grad, values, indices, g, False)
+    elif need[2]:
+        g_W_dec = sparse_outer(values, indices, g, W_dec.shape[0], False, False).to(W_dec.dtype)
+    g_b_dec = g.sum(0).to(b_dec_dtype) if b_dec_dtype is not None and need[3] else None
+    return g_values, None, g_W_dec, g_b_dec
 
 
 decode.register_autograd(_decode_backward, setup_context=_decode_setup)
@@ -332,3 +358,16 @@ def sparse_outer(values: Tensor, indices: Tensor, g: Tensor, rows: int, transpos
 def _(values, indices, g, rows, transposed, check=True):
     d = g.shape[1]
     return g.new_empty((d, rows) if transposed else (rows, d))
+
+
+@torch.library.custom_op("sae_native::sparse_outer_add_", mutates_args=("out",))
+def sparse_outer_add_(out: Tensor, values: Tensor, indices: Tensor, g: Tensor, check: bool = True) -> None:
+    """``out[indices[r, j]] += values[r, j] * g[r]`` in place, ``out`` ``[rows, d]`` with contiguous
+    rows or columns: sparse_outer accumulated into an existing gradient (a trainer keeps its weight
+    gradients from step to step instead of taking fresh zeros of d_sae x d_in each time)."""
+    _run("sparse_outer_add_", out, values, indices, g, check)
+
+
+@sparse_outer_add_.register_fake
+def _(out, values, indices, g, check=True):
+    return None

@@ -86,6 +86,7 @@ class SparseOuterArgs(NamedTuple):
     rows: int
     transposed: bool
     check: bool
+    out: Optional[Tensor] = None   # sparse_outer_add_: [rows, d], T, rows or columns contiguous (added to)
 
 
 class Clamp(NamedTuple):
@@ -259,15 +260,38 @@ def sparse_dot(g, indices, W, check) -> SparseDotArgs:
     return SparseDotArgs(g, indices.contiguous(), W, bool(check))
 
 
-def sparse_outer(values, indices, g, rows, transposed, check) -> SparseOuterArgs:
-    values, indices = _codes("sparse_outer", values, indices)
-    g = _acts("sparse_outer", "g", g)
+def _outer_inputs(op: str, values, indices, g):
+    values, indices = _codes(op, values, indices)
+    g = _acts(op, "g", g)
     if g.dtype != values.dtype or g.shape[0] != values.shape[0]:
-        raise fail("sparse_outer", f"g must be {values.dtype} [{values.shape[0]}, d], got {g.dtype} {list(g.shape)}")
+        raise fail(op, f"g must be {values.dtype} [{values.shape[0]}, d], got {g.dtype} {list(g.shape)}")
+    _same_device(op, values, indices=indices, g=g)
+    return values, indices, g
+
+
+def sparse_outer(values, indices, g, rows, transposed, check) -> SparseOuterArgs:
+    values, indices, g = _outer_inputs("sparse_outer", values, indices, g)
     if rows < 0:
         raise fail("sparse_outer", f"rows must be >= 0, got {rows}")
-    _same_device("sparse_outer", values, indices=indices, g=g)
     return SparseOuterArgs(values, indices, g, int(rows), bool(transposed), bool(check))
+
+
+def sparse_outer_add_(out, values, indices, g, check) -> SparseOuterArgs:
+    op = "sparse_outer_add_"
+    values, indices, g = _outer_inputs(op, values, indices, g)
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        raise fail(op, f"out must be a 2-D tensor [rows, {g.shape[1]}], got "
+                       f"{list(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
+    rows, d = out.shape
+    if out.dtype != values.dtype or d != g.shape[1]:
+        raise fail(op, f"out must be {values.dtype} [rows, {g.shape[1]}], got {out.dtype} {list(out.shape)}")
+    # (rows or columns contiguous: no two elements share memory, so the kernel's adds never race)
+    by_rows = out.stride(1) == 1 and (rows <= 1 or out.stride(0) >= d)
+    by_cols = out.stride(0) == 1 and (d <= 1 or out.stride(1) >= rows)
+    if not (by_rows or by_cols or out.numel() <= 1):
+        raise fail(op, f"out must have contiguous rows or columns, got strides {tuple(out.stride())}")
+    _same_device(op, values, out=out)
+    return SparseOuterArgs(values, indices, g, int(rows), False, bool(check), out)
 
 
 def _steer_weights(op: str, x, W_enc, W_dec):
@@ -313,4 +337,4 @@ def steer_codes(x, values, indices, W_dec, b_dec, features, targets, mode, only_
 
 CHECKS = {"pack_encoder": pack_encoder, "encode_topk": encode_topk, "encode_groupmax": encode_groupmax,
           "encode_threshold": encode_threshold, "decode": decode, "sparse_dot": sparse_dot,
-          "sparse_outer": sparse_outer, "steer_threshold": steer_threshold, "steer_codes": steer_codes}
+          "sparse_outer": sparse_outer, "sparse_outer_add_": sparse_outer_add_, "steer_threshold": steer_threshold, "steer_codes": steer_codes}

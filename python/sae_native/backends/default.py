@@ -112,12 +112,16 @@ def sparse_dot(a: SparseDotArgs) -> Tensor:
 
 
 def sparse_outer(a: SparseOuterArgs) -> Tensor:
+    """sparse_outer, and sparse_outer_add_ (a.out given: added to it in place)."""
     d = a.g.shape[1]
-    valid = _valid(a.indices, a.rows, "sparse_outer", a.check)
-    out = torch.zeros(a.rows, d, dtype=a.g.dtype, device=a.g.device)
+    valid = _valid(a.indices, a.rows, "sparse_outer" if a.out is None else "sparse_outer_add_", a.check)
+    out = a.out if a.out is not None else torch.zeros(a.rows, d, dtype=a.g.dtype, device=a.g.device)
     r, j = valid.nonzero(as_tuple=True)
     out.index_add_(0, a.indices[r, j], a.values[r, j, None] * a.g[r])
     return out.t() if a.transposed else out
+
+
+sparse_outer_add_ = sparse_outer
 
 
 # ---- steering ------------------------------------------------------------------------------------------

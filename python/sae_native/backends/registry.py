@@ -11,7 +11,7 @@ import contextlib
 from typing import Callable, Dict, Iterator, Mapping
 
 OPS = ("pack_encoder", "encode_topk", "encode_groupmax", "encode_threshold", "decode", "sparse_dot",
-       "sparse_outer", "steer_threshold", "steer_codes")
+       "sparse_outer", "sparse_outer_add_", "steer_threshold", "steer_codes")
 
 _KERNELS: Dict[str, Dict[str, Callable]] = {op: {} for op in OPS}
 

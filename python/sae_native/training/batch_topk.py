@@ -10,12 +10,12 @@ twice the candidates, until no row is cut short or a row holds every latent.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .. import _ops
+from .kernel_weights import KernelWeights
 from .parallel import Local
 
 
@@ -35,7 +35,7 @@ def select(values: Tensor, budget: int) -> Tensor:
     return ((above | at) & (flat > 0)).view_as(values)
 
 
-def encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: float,
+def encode(x: Tensor, W_enc: Union[Tensor, KernelWeights], b_enc: Tensor, b_dec: Optional[Tensor], k: float,
            dp: Optional[Local] = None) -> Tuple[Tensor, Tensor]:
     """BatchTopK codes of ``x`` [B, d_in]: ``(values, indices)`` [B, c] with the unchosen entries'
     values zero (``int(B * k)`` are chosen, fewer when fewer activations are positive;
@@ -44,10 +44,12 @@ def encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: 
     selection is over the global batch: the ranks' candidates are gathered, and every rank widens
     its candidates while any rank has a row cut short."""
     dp = dp if dp is not None else Local()
-    B, d_sae = x.shape[0], W_enc.shape[1]
+    # (a trainer passes its step's packed encoder; a tensor is packed here, once for every encode)
+    enc = W_enc if isinstance(W_enc, KernelWeights) else KernelWeights(W_enc.t(), W_enc.dtype)
+    B, d_sae = x.shape[0], enc.W_enc.shape[1]
     budget = int(B * dp.world * k)           # k may be fractional: the batch's share, rounded down
     c = min(d_sae, max(1, math.ceil(2 * k)))
-    values, indices = _ops.encode_topk(x, W_enc, b_enc, b_dec, c, None)
+    values, indices = enc.topk(x, b_enc, b_dec, c)
     while True:
         everyone = dp.cat(values.detach(), "BatchTopK's candidates (training step)")
         chosen = select(everyone, budget)[dp.rank * B:(dp.rank + 1) * B]
@@ -58,7 +60,7 @@ def encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: 
         # rows that were not short with their own codes and zeros), re-encoding only the short ones.
         c_new = min(d_sae, 2 * c)
         rows = short.nonzero().squeeze(1)
-        v_more, i_more = _ops.encode_topk(x[rows], W_enc, b_enc, b_dec, c_new, None)
+        v_more, i_more = enc.topk(x[rows], b_enc, b_dec, c_new)
         pad = c_new - c
         values = torch.cat([values, values.new_zeros(B, pad)], dim=1).index_copy(0, rows, v_more)
         indices = torch.cat([indices, indices.new_full((B, pad), -1)], dim=1).index_copy(0, rows, i_more)

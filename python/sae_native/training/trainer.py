@@ -12,12 +12,12 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 import torch
 from torch import Tensor
 
-from .. import _ops
 from ..stats import FeatureStats
 from . import batch_topk, parallel
 from .config import BATCH_TOPK, K_ARCHITECTURES, TrainConfig
 from .data import IterableBatches, TensorBatches
 from .evaluate import evaluate
+from .kernel_weights import KernelWeights, decode
 from .losses import JumpReLUCodes, StepL0
 
 # A ReLU SAE starts dense (about half its latents fire on a random init) and the L1 penalty thins
@@ -88,6 +88,7 @@ class Trainer:
         self.act_sum = torch.zeros(d_sae, dtype=torch.float64, device=self.device)
         self.act_max = torch.zeros(d_sae, device=self.device)
         self.last_eval: Optional[Dict[str, float]] = None   # the latest held-out evaluation
+        self._kernel_copy: Optional[Tensor] = None           # W_enc^T in bf16, rewritten each step
 
     # ---- the step --------------------------------------------------------------------------
     def _start(self, x: Tensor) -> None:
@@ -104,10 +105,15 @@ class Trainer:
         """W_enc [d_in, d_sae] (a view of the stored transpose)."""
         return self.W_enc_t.t()
 
-    def _kernel_weights(self):
-        if self.cfg.weight_dtype == "bfloat16":
-            return self.W_enc_t.to(torch.bfloat16).t(), self.W_dec.to(torch.bfloat16)
-        return self.W_enc_t.t(), self.W_dec
+    def _kernel_weights(self) -> KernelWeights:
+        """This step's encoder, packed once (in bf16 for weight_dtype "bfloat16": see
+        kernel_weights.py). The decoder reads the float32 master in either case: a decode gathers
+        k rows per token, where bf16 would save little, and its gradient stays float32."""
+        if self.cfg.weight_dtype != "bfloat16":
+            return KernelWeights(self.W_enc_t, torch.float32)
+        if self._kernel_copy is None:
+            self._kernel_copy = torch.empty_like(self.W_enc_t, dtype=torch.bfloat16)
+        return KernelWeights(self.W_enc_t, torch.bfloat16, self._kernel_copy)
 
     def step(self, x: Tensor, total_steps: int) -> Dict[str, float]:
         """One optimizer step on a batch of raw activations [B, d_in]."""
@@ -118,7 +124,7 @@ class Trainer:
         if self.scale is None:
             self._start(x)
         xs = x * self.scale
-        W_enc, W_dec = self._kernel_weights()
+        W_dec = self.W_dec
         B = xs.shape[0]                     # this rank's share of the global batch
         B_all = B * self.dp.world
         lat = self.lat
@@ -128,18 +134,20 @@ class Trainer:
         metrics: Dict[str, float] = {}
         dense = (cfg.architecture == "relu" and self.relu_dense and not lat and cfg.weight_dtype != "bfloat16")
         if dense:                           # the same function and gradients as the sparse step below
-            z = torch.relu((xs - b_in) @ W_enc + self.b_enc)
+            z = torch.relu((xs - b_in) @ self.W_enc + self.b_enc)
             indices = torch.arange(z.shape[1], device=z.device).expand(B, -1)
             x_hat = z @ W_dec + self.b_dec
         else:
-            z, values, indices = self._encode(xs, W_enc, b_in, total_steps)
+            enc = self._kernel_weights()
+            z, values, indices = self._encode(xs, enc, b_in, total_steps)
             if lat:                         # this rank's latents' part of the reconstruction, summed
-                x_hat = lat.sum_forward(_ops.decode(z, indices, W_dec, None, False), "the partial reconstructions "
+                x_hat = lat.sum_forward(decode(z, indices, W_dec, None), "the partial reconstructions "
                                         "(training step)") + self.b_dec
             else:
-                x_hat = _ops.decode(z, indices, W_dec, self.b_dec, False)   # the encode's own codes: no check
-        err = xs - x_hat
-        recon = err.pow(2).sum(-1).mean() / self.d_in
+                x_hat = decode(z, indices, W_dec, self.b_dec)
+        # (one fused op and its one-pass backward: the squared error as its own tensor would add
+        # three passes and temporaries of B x d_in a step)
+        recon = torch.nn.functional.mse_loss(x_hat, xs, reduction="sum") / (B * self.d_in)
         loss = recon
         coef = cfg.sparsity_at(self.step_count, total_steps)
         if cfg.architecture == "relu":
@@ -158,8 +166,8 @@ class Trainer:
             # Every nested prefix of the latents reconstructs x on its own (the full width is the
             # main term above): the first latents learn the most general features.
             for width in cfg.widths[:-1]:
-                inner = _ops.decode(z * (indices < width), indices, W_dec, self.b_dec, False)
-                loss = loss + (xs - inner).pow(2).sum(-1).mean() / self.d_in
+                inner = decode(z * (indices < width), indices, W_dec, self.b_dec)
+                loss = loss + torch.nn.functional.mse_loss(inner, xs, reduction="sum") / (B * self.d_in)
         active = (z != 0) & (indices >= 0)
         dead = self.since_fired >= cfg.dead_after(total_steps * cfg.batch_size)
         n_dead = int(lat.sum(dead.sum().view(1), "the dead latents' count")[0]) if lat else int(dead.sum())
@@ -167,14 +175,14 @@ class Trainer:
             # AuxK (Gao et al. 2024): the dead latents' top-k_aux reconstruct what the live ones miss.
             k_aux = min(self.d_in // 2, n_dead)
             b_aux = torch.where(dead, self.b_enc, torch.full_like(self.b_enc, -math.inf))
-            v_aux, i_aux = _ops.encode_topk(xs, W_enc, b_aux, b_in, min(k_aux, len(b_aux)), None)
-            e = err.detach()
+            v_aux, i_aux = enc.topk(xs, b_aux, b_in, min(k_aux, len(b_aux)))
+            e = (xs - x_hat).detach()
             if lat:                         # the dead latents' global top-k_aux
-                v_aux = v_aux * lat.chosen(xs - self.b_dec.detach(), W_enc, b_aux, v_aux, i_aux, k_aux,
+                v_aux = v_aux * lat.chosen(xs - self.b_dec.detach(), enc.kernel, b_aux, v_aux, i_aux, k_aux,
                                            "AuxK's candidates (training step)")
-                e_hat = lat.sum_forward(_ops.decode(v_aux, i_aux, W_dec, None, False), "AuxK's reconstructions")
+                e_hat = lat.sum_forward(decode(v_aux, i_aux, W_dec, None), "AuxK's reconstructions")
             else:
-                e_hat = _ops.decode(v_aux, i_aux, W_dec, None, False)
+                e_hat = decode(v_aux, i_aux, W_dec, None)
             # (the global batch's residual variance: every rank normalises alike)
             e_mean = self.dp.sum(e.sum(0), "AuxK's residual mean") / B_all
             denom = self.dp.sum((e - e_mean).pow(2).sum().view(1), "AuxK's residual variance")[0] / B_all
@@ -182,13 +190,15 @@ class Trainer:
                 aux = (e - e_hat).pow(2).sum(-1).mean() / denom
                 loss = loss + cfg.auxk_coef * aux
                 metrics["aux"] = float(aux.detach())
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grads()
         loss.backward()
         self.dp.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         if cfg.unit_decoder and self.W_dec.grad is not None:
             with torch.no_grad():  # the component along each (unit) row would only change its norm
                 w, g = self.W_dec, self.W_dec.grad
-                g -= (g * w).sum(-1, keepdim=True) * w
+                # (in place, through a batched dot: no temporary of d_sae x d_in)
+                along = torch.bmm(g.unsqueeze(1), w.unsqueeze(2)).view(-1, 1)
+                g.addcmul_(along, w, value=-1)
         lr = cfg.lr_at(self.step_count, total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -209,8 +219,10 @@ class Trainer:
                 rate = cfg.threshold_rate
                 self.batch_threshold = smallest if self.batch_threshold is None else \
                     (1 - rate) * self.batch_threshold + rate * smallest
-        total_var = (xs - xs.mean(0)).pow(2).sum()
-        fvu = float(err.detach().pow(2).sum() / total_var) if float(total_var) > 0 else float("nan")
+        # (sum of squares less B |mean|^2: two dot products, no temporary of B x d_in)
+        flat, mean = xs.reshape(-1), xs.mean(0)
+        total_var = float(torch.dot(flat, flat)) - B * float(torch.dot(mean, mean))
+        fvu = float(recon.detach()) * (B * self.d_in) / total_var if total_var > 0 else float("nan")
         self.step_count += 1
         self.tokens += B_all
         # (loss, mse and fvu are this rank's share of the batch; l0 and dead the whole batch's)
@@ -218,7 +230,18 @@ class Trainer:
                        l0=n_active / B_all, dead=n_dead, lr=lr)
         return metrics
 
-    def _encode(self, xs: Tensor, W_enc: Tensor, b_in: Tensor, total_steps: int):
+    def _zero_grads(self) -> None:
+        """The weight matrices' gradients zeroed in place (the backward adds into them: no fresh
+        pages of d_sae x d_in each step, see kernel_weights.py); the others dropped, as
+        zero_grad(set_to_none=True) does."""
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and (p is self.W_enc_t or p is self.W_dec):
+                    p.grad.zero_()
+                else:
+                    p.grad = None
+
+    def _encode(self, xs: Tensor, enc: KernelWeights, b_in: Tensor, total_steps: int):
         """The architecture's training codes: (z, pre, indices), z differentiable to the weights
         (and the JumpReLU threshold), ``pre`` the values the sparsity term reads. With latent
         shards, this rank's latents' codes (local indices; TopK: those in the global top k)."""
@@ -226,16 +249,16 @@ class Trainer:
         if cfg.architecture == "topk" or (cfg.architecture in BATCH_TOPK
                                           and not cfg.batch_selection_at(self.step_count, total_steps)):
             k = max(1, round(cfg.k))         # (BatchTopK's TopK phase: its k may be fractional)
-            values, indices = _ops.encode_topk(xs, W_enc, self.b_enc, b_in, min(k, len(self.b_enc)), None)
+            values, indices = enc.topk(xs, self.b_enc, b_in, min(k, len(self.b_enc)))
             if self.lat:
-                values = values * self.lat.chosen(xs - self.b_dec.detach(), W_enc, self.b_enc, values, indices, k,
+                values = values * self.lat.chosen(xs - self.b_dec.detach(), enc.kernel, self.b_enc, values, indices, k,
                                                   "the top-k candidates (training step)")
             return values, values, indices
         if cfg.architecture in BATCH_TOPK:
-            values, indices = batch_topk.encode(xs, W_enc, self.b_enc, self.b_dec, cfg.k, self.dp)
+            values, indices = batch_topk.encode(xs, enc, self.b_enc, self.b_dec, cfg.k, self.dp)
             return values, values, indices
         if cfg.architecture == "relu":
-            values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, b_in, None, None, True)
+            values, indices, _ = enc.threshold(xs, self.b_enc, b_in, None)
             return values, values, indices
         # JumpReLU, as Rajamanoharan et al. train it: no pre-encoder bias (x itself is encoded,
         # the SAE is saved with apply_b_dec_to_input=False, as Gemma Scope's are), and the
@@ -243,7 +266,7 @@ class Trainer:
         # latents just below it, whose pre-activations the threshold's gradient needs.
         theta = self.log_threshold.exp()
         band = (theta - cfg.bandwidth / 2).detach()
-        values, indices, _ = _ops.encode_threshold(xs, W_enc, self.b_enc, None, band, None, True)
+        values, indices, _ = enc.threshold(xs, self.b_enc, None, band)
         return JumpReLUCodes.apply(values, indices, theta, cfg.bandwidth), values, indices
 
     def _track(self, z: Tensor, indices: Tensor, active: Tensor, rows: int, dense: bool = False) -> int:

@@ -109,12 +109,13 @@ def sparse_dot(a: SparseDotArgs) -> Tensor:
 
 
 def sparse_outer(a: SparseOuterArgs) -> Tensor:
+    """sparse_outer, and sparse_outer_add_ (a.out given: added to it in place)."""
     d = a.g.shape[1]
-    out = torch.zeros((d, a.rows) if a.transposed else (a.rows, d), dtype=a.g.dtype)
+    out = a.out if a.out is not None else torch.zeros((d, a.rows) if a.transposed else (a.rows, d), dtype=a.g.dtype)
     rows_view = out.t() if a.transposed else out     # [rows, d], any strides
     report = _C.sparse_outer(values=na.mat(_C, a.values), indices=na.mat(_C, a.indices), g=na.mat(_C, a.g),
                              out=na.mat(_C, rows_view))
-    _reported(report, indices_reported, "sparse_outer", a.rows)
+    _reported(report, indices_reported, "sparse_outer" if a.out is None else "sparse_outer_add_", a.rows)
     return out
 
 
@@ -147,4 +148,4 @@ def steer_codes(a: SteerCodesArgs):
 
 KERNELS = {"pack_encoder": pack_encoder, "encode_topk": encode_topk, "encode_groupmax": encode_groupmax,
            "encode_threshold": encode_threshold, "decode": decode, "sparse_dot": sparse_dot,
-           "sparse_outer": sparse_outer, "steer_threshold": steer_threshold, "steer_codes": steer_codes}
+           "sparse_outer": sparse_outer, "sparse_outer_add_": sparse_outer, "steer_threshold": steer_threshold, "steer_codes": steer_codes}

@@ -248,13 +248,18 @@ def sparse_dot(rt: Runtime, a: SparseDotArgs) -> Tensor:
 
 
 def sparse_outer(rt: Runtime, a: SparseOuterArgs) -> Tensor:
+    """sparse_outer, and sparse_outer_add_ (a.out given: added to it in place)."""
     d = a.g.shape[1]
-    out = torch.zeros((d, a.rows) if a.transposed else (a.rows, d), dtype=a.values.dtype, device=a.g.device)
+    out = a.out if a.out is not None else \
+        torch.zeros((d, a.rows) if a.transposed else (a.rows, d), dtype=a.values.dtype, device=a.g.device)
     report = _Report(rt, a.g.device, a.check)
     rt.lib.sparse_outer(values=na.mat(rt.lib, a.values), indices=na.mat(rt.lib, a.indices), g=na.mat(rt.lib, a.g),
                         out=na.mat(rt.lib, out.t() if a.transposed else out), report=report.ptr, stream=rt.stream)
-    report.raise_if_any("sparse_outer", a.rows)
+    report.raise_if_any("sparse_outer" if a.out is None else "sparse_outer_add_", a.rows)
     return out
+
+
+sparse_outer_add_ = sparse_outer
 
 
 def _steer_buffers(rt: Runtime, x: Tensor, count: int):

@@ -18,7 +18,7 @@ from .. import contract
 from . import launch, plan as launch_plan
 
 ENCODES = ("encode_topk", "encode_groupmax", "encode_threshold")
-GATHERS = ("decode", "sparse_dot", "sparse_outer", "steer_threshold", "steer_codes")
+GATHERS = ("decode", "sparse_dot", "sparse_outer", "sparse_outer_add_", "steer_threshold", "steer_codes")
 
 
 class Kernels:
