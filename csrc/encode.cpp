@@ -67,6 +67,7 @@ void run_task(const EncodeInputs<T>& in, const W* packed, const Plan& plan, inde
   std::vector<bf16> u16;
   const index_t ld16 = (d_in + 1) / 2 * 2;
   if (tile.bf16_fn != nullptr) {
+    if (tile.bf16_begin != nullptr) tile.bf16_begin();
     u16.assign(size_t((r1 - r0) * ld16), bf16{0});
     for (index_t r = 0; r < r1 - r0; ++r)
       for (index_t i = 0; i < d_in; ++i) u16[size_t(r * ld16 + i)].bits = round_to_bf16(float(u[size_t(r * d_in + i)]));

@@ -6,7 +6,8 @@ namespace sae {
 namespace {
 
 // Variants compiled in (a null entry was not: see CMakeLists.txt).
-const IsaKernels* const kAll[] = {&kGenericKernels, kAvx2Kernels, kAvx512Kernels, kAvx512Bf16Kernels};
+const IsaKernels* const kAll[] = {&kGenericKernels, kAvx2Kernels, kAvx512Kernels, kAvx512Bf16Kernels,
+                                  kAmxKernels, kAmxEmulatedKernels};
 
 const IsaKernels* best_supported() {
   const IsaKernels* best = nullptr;
@@ -34,6 +35,8 @@ std::atomic<const IsaKernels*>& active() {
 const IsaKernels* const kAvx2Kernels = nullptr;
 const IsaKernels* const kAvx512Kernels = nullptr;
 const IsaKernels* const kAvx512Bf16Kernels = nullptr;
+const IsaKernels* const kAmxKernels = nullptr;
+const IsaKernels* const kAmxEmulatedKernels = nullptr;
 #endif
 
 const IsaKernels& active_kernels() { return *active().load(); }

@@ -94,8 +94,10 @@ void tile(const bf16* u, index_t ldu, int rows, const bf16* panel, index_t ps, i
   if (p < panels) tile_p<1>(u, ldu, rows, panel + p * ps, ps, d_in, acc + p * kPanel, ld_acc);
 }
 
+}  // namespace
+
 // 24 independent VDPBF16PS chains; each instruction is 32 multiply-adds (64 flops).
-double dot_probe(index_t iters, double* flops) {
+double avx512_bf16_dot_probe(index_t iters, double* flops) {
   __m512 acc[24];
   for (int c = 0; c < 24; ++c) acc[c] = _mm512_set1_ps(0.001f * float(c));
   const __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80);   // (1, 1)
@@ -108,6 +110,8 @@ double dot_probe(index_t iters, double* flops) {
   *flops = double(iters) * 24 * 32 * 2;
   return double(_mm512_reduce_add_ps(sum));
 }
+
+namespace {
 
 bool supported() {
   __builtin_cpu_init();
@@ -122,7 +126,7 @@ IsaKernels make_table() {
   k.rank = 30;
   k.supported = supported;
   k.bf16w.bf16_fn = tile;
-  k.bf16_dot_probe = dot_probe;
+  k.bf16_dot_probe = avx512_bf16_dot_probe;
   return k;
 }
 

@@ -41,6 +41,9 @@ template <class T, class W> struct Tile {
   // Set where the variant multiplies on bf16 units: the driver rounds u to bf16 and calls this
   // instead of fn (fp32 accumulation; docs/design.md states the rounding).
   PairTileFn<T, W> bf16_fn = nullptr;
+  // Called by a thread before a task's run of bf16_fn calls over one packed W_enc: a variant that
+  // keeps anything derived from the panels between calls drops it here (amx_tile.h).
+  void (*bf16_begin)() = nullptr;
 };
 
 template <class T> struct Screen {
@@ -117,5 +120,10 @@ extern const IsaKernels kGenericKernels;
 extern const IsaKernels* const kAvx2Kernels;
 extern const IsaKernels* const kAvx512Kernels;
 extern const IsaKernels* const kAvx512Bf16Kernels;
+extern const IsaKernels* const kAmxKernels;           // off unless chosen: see isa_amx.cpp
+extern const IsaKernels* const kAmxEmulatedKernels;   // the same code on emulated tiles, for tests
+
+// VDPBF16PS's ceiling (isa_avx512_bf16.cpp), which the amx variants report too.
+double avx512_bf16_dot_probe(index_t iters, double* flops);
 
 }  // namespace sae

@@ -625,7 +625,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                           "(default 0.01)")
     opt.add_argument("--topk-warmup", type=float, help="batchtopk, matryoshka_batchtopk: fraction of steps that select "
                                                        "k per token before the batch-wide selection (default 0.5)")
-    opt.add_argument("--weight-dtype", choices=["float32", "bfloat16"], help="dtype of the kernels' weight copies")
+    opt.add_argument("--weight-dtype", choices=["float32", "bfloat16"], help="bfloat16: the encode runs on a bf16 copy of W_enc (float32 masters)")
     out = train.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="DIR", help="folder for the SAE and checkpoints")
     out.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="save a checkpoint every STEPS steps")

@@ -43,7 +43,8 @@ class Plan:
 
 def bytes_per_latent(d_in: int, weight_dtype: str = "float32", optimizer: str = "adam") -> float:
     """What one latent costs to train: W_enc column and W_dec row as fp32 masters, their
-    gradients, Adam's two moments (fp32), and 16-bit kernel copies when weight_dtype is 16-bit."""
+    gradients, Adam's two moments (fp32), and when weight_dtype is 16-bit the encoder's 16-bit copy
+    and its packed layout (training/kernel_weights.py)."""
     if weight_dtype not in DTYPES:
         raise ValueError(f"weight_dtype: expected one of {tuple(DTYPES)}, got {weight_dtype!r}")
     if optimizer not in OPTIMIZERS:

@@ -63,8 +63,9 @@ class TrainConfig:
                   on a log scale with the learning rate times sqrt(d_in): it lives in units of
                   pre-activations, sqrt(d_in) times the size of the weight entries Adam moves at
                   rate lr, and at rate lr alone a 1000-step run moves it only ~3x from its start
-    weight_dtype  "float32", or "bfloat16" for the kernels' copies of W_enc and W_dec (the Adam
-                  master weights stay float32)
+    weight_dtype  "float32", or "bfloat16": the encode's product runs on a bf16 copy of W_enc
+                  (the Adam master weights and their gradients stay float32; the decoder reads
+                  the float32 master), and the SAE is handed out in bf16
     log_every     steps between metrics records (progress bar and JSONL log)
     holdout       the fraction of a tensor or store kept out of training for evaluation (its
                   last rows: other texts than the ones trained on), default 0.05 but at most
