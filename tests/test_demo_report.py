@@ -2,9 +2,13 @@
 back from headless Chromium's DOM; and the demo's corpus helpers (user corpora, resumable
 sampling, token strings)."""
 import json
+import math
 import re
 
 import pytest
+import torch
+
+import sae_native as sn
 
 from browser import rendered
 from sae_native.demo import report
@@ -167,3 +171,71 @@ def test_sampled_corpus_resumes_where_it_stopped(smol, tmp_path):
     # a file written for other topics is not mistaken for this corpus
     other = build_corpus(model, tok, [("tea", 5)], templates, path=str(tmp_path / "a.jsonl"), **kw)
     assert [r["topic"] for r in other] == ["tea"] * 5
+
+
+def _layer15_sae(d_sae=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(576, d_sae, generator=g) / 24
+    return sn.SAE(W, torch.zeros(d_sae), W.t().contiguous(), torch.zeros(576), activation="topk", k=6)
+
+
+TEXTS = ["The Golden Gate Bridge is orange.", "Cats sleep a lot", "A", "Tea is brewed from leaves of the plant "
+         "Camellia sinensis, and it is drunk all over the world."]
+
+
+def test_batched_token_activations_match_one_text_at_a_time(smol):
+    """Right-padded batches give each text the activations it has alone (padding follows every
+    real token, so causal attention never reads it)."""
+    from sae_native import hooks
+    from sae_native.demo.pipeline import SITE, token_activations, token_strings
+    model, tok = smol
+    sae = _layer15_sae()
+    feature = int(torch.randint(0, 48, (1,), generator=torch.Generator().manual_seed(1)))
+    got = token_activations(model, tok, sae, feature, TEXTS, batch_size=3)
+    assert [r["text"] for r in got] == TEXTS
+    with torch.no_grad(), hooks.record(model, SITE, sae) as rec:
+        for text, row in zip(TEXTS, got):
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            rec.clear()
+            model(ids)
+            want = rec.codes[-1].to_dense()[0, :, feature].float()
+            want[0] = 0.0
+            assert row["tokens"] == token_strings(tok, ids[0].tolist())
+            torch.testing.assert_close(torch.tensor(row["acts"]), want, rtol=1e-3, atol=2e-3)
+    assert any(a > 0 for r in got for a in r["acts"])              # (the feature fires somewhere)
+
+
+def test_batched_perplexities_match_one_answer_at_a_time(smol):
+    from sae_native.demo.corpus import chat_prompt
+    from sae_native.demo.pipeline import answer_perplexities
+    model, tok = smol
+    prompts = ["What is tea?", "Name a bridge.", "Say nothing.", "Count to three."]
+    answers = ["Tea is a drink made from leaves.", "The Golden Gate Bridge.", "", "One, two, three."]
+    got = answer_perplexities(model, tok, prompts, answers, batch_size=2)
+    assert math.isnan(got[2])
+    for p, a, value in zip(prompts, answers, got):
+        if not a:
+            continue
+        pi = tok(chat_prompt(tok, p), return_tensors="pt", add_special_tokens=False)["input_ids"]
+        ai = tok(a, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        ids = torch.cat([pi, ai], dim=1)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
+        nll = -logp[pi.shape[1] - 1:].gather(-1, ids[0, pi.shape[1]:, None]).squeeze(-1)
+        assert value == pytest.approx(float(nll.mean().exp()), rel=1e-3)
+
+
+def test_feature_maxima_are_cached_per_text_list(smol, tmp_path, monkeypatch):
+    from sae_native import stats
+    from sae_native.demo import pipeline
+    model, tok = smol
+    first, second = _layer15_sae(), _layer15_sae()
+    pipeline._feature_maxima(model, tok, first, TEXTS, str(tmp_path))
+    assert float(first.stats.max.max()) > 0 and first.stats.n_tokens > 0
+    monkeypatch.setattr(stats, "feature_stats", lambda *a, **k: pytest.fail("the cached maxima were not used"))
+    pipeline._feature_maxima(model, tok, second, TEXTS, str(tmp_path))
+    for name in ("max", "frequency", "mean"):
+        assert torch.equal(getattr(first.stats, name), getattr(second.stats, name))
+    assert second.stats.n_tokens == first.stats.n_tokens
+    with pytest.raises(pytest.fail.Exception, match="cached maxima"):   # other texts: computed anew
+        pipeline._feature_maxima(model, tok, second, TEXTS[:2], str(tmp_path))

@@ -34,6 +34,33 @@ def test_record_equals_encode_of_hidden_state(model_site, activation):
     assert rec.all().values.shape[0] == ids.numel() + ids.shape[1]
 
 
+def test_record_with_stop_skips_every_later_layer(model_site):
+    """stop=True: the same codes, and nothing after the site runs (the later decoder layers and
+    the head see no call); a plain model() call reports the stop as an error; stop must be a bool."""
+    model, site = model_site
+    sae = random_sae()
+    ids = tokens()
+    later = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in ("2", "3", "lm_head")]
+    assert len(later) == 3
+    calls = []
+    handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in later]
+    try:
+        with sn.record(model, site, sae, stop=True) as rec:
+            assert rec.forward(ids) is None
+            rec.forward(input_ids=ids[:1])
+        assert calls == []
+        want = sae.encode(layer_output(model, ids))
+        assert torch.equal(rec.codes[0].values, want.values) and torch.equal(rec.codes[0].indices, want.indices)
+        assert rec.codes[1].values.shape[:2] == (1, ids.shape[1])
+        with sn.record(model, site, sae, stop=True), pytest.raises(Exception), torch.no_grad():
+            model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    with pytest.raises(TypeError, match="stop: expected a bool"):
+        sn.record(model, site, sae, stop="yes")
+
+
 def test_record_with_a_position_mask(model_site):
     model, site = model_site
     sae = random_sae()

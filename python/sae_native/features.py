@@ -42,14 +42,15 @@ def _max_per_text(model, site, sae, texts, tokenizer):
     from .hooks import record
     rows, cover, details = [], [], []
     device = next(model.parameters(), torch.empty(0)).device
-    with torch.no_grad(), record(model, site, sae) as rec:
+    # (stop: the layers after the site never run)
+    with torch.no_grad(), record(model, site, sae, stop=True) as rec:
         for n, text in enumerate(texts):
             ids = torch.as_tensor(tokenizer(text, return_tensors="pt")["input_ids"]) if isinstance(text, str) \
                 else torch.as_tensor(text).reshape(1, -1)
             if ids.numel() == 0 or ids.dtype.is_floating_point:
                 raise ValueError(f"texts[{n}]: expected a non-empty string or sequence of token ids")
             rec.clear()
-            model(ids.to(device))
+            rec.forward(ids.to(device))
             dense = rec.codes[-1].to_dense()[0].float().cpu()  # [seq, d_sae]
             dense[0] = 0.0                                     # BOS/first-token activations are outliers
             rows.append(dense.max(dim=0).values)

@@ -164,11 +164,19 @@ class SiteHook:
 class Recording(SiteHook):
     """Codes of every forward at the site. ``codes[i]`` is the i-th forward's SparseCodes
     (leading shape [batch, seq] of the hidden state, or [n] of the selected positions with a mask,
-    whose indices are in ``positions[i]``); ``all()`` concatenates them into [total, k]."""
+    whose indices are in ``positions[i]``); ``all()`` concatenates them into [total, k].
 
-    def __init__(self, model, site, sae, positions=None):
+    With ``stop=True`` the forward ends right after the site: the layers after it (and the
+    language-model head, often the largest matmul) never run. Run the model through
+    ``forward(...)`` then, which ends the stopped forward quietly and returns nothing; a
+    plain ``model(...)`` call would see the stop as an exception."""
+
+    def __init__(self, model, site, sae, positions=None, stop=False):
         if positions is not None and not (isinstance(positions, Tensor) or callable(positions)):
             raise TypeError("positions: expected None, a bool mask over [batch, seq] or a callable hidden -> mask")
+        if not isinstance(stop, bool):
+            raise TypeError(f"stop: expected a bool, got {stop!r}")
+        self.stop = stop
         self.positions_arg = positions
         self.codes: List[SparseCodes] = []
         self.positions: List[Optional[Tensor]] = []
@@ -189,7 +197,18 @@ class Recording(SiteHook):
                                      f"activations {list(hidden.shape[:-1])}")
                 self.codes.append(self.sae.encode(hidden[mask]))
                 self.positions.append(mask.nonzero())
+        if self.stop:
+            raise _StopForward
         return None
+
+    def forward(self, *args, **inputs) -> None:
+        """``model(*args, **inputs)`` without gradients, as far as the site when ``stop``; the
+        codes are then ``codes[-1]``."""
+        with torch.no_grad():
+            try:
+                self.model(*args, **inputs)
+            except _StopForward:
+                pass
 
     def all(self) -> SparseCodes:
         """Every recorded token's codes, concatenated: [total, k] (threshold codes padded to the
@@ -303,10 +322,11 @@ def _host_reads_free(t: Tensor) -> bool:
 
 # ---- the public functions ----------------------------------------------------------------------
 
-def record(model: nn.Module, site: Site, sae, *, positions=None) -> Recording:
-    """Records the SAE codes of the activation at ``site`` on every forward (see Recording).
+def record(model: nn.Module, site: Site, sae, *, positions=None, stop: bool = False) -> Recording:
+    """Records the SAE codes of the activation at ``site`` on every forward (see Recording;
+    ``stop=True`` ends each forward at the site: run it with ``.forward(**inputs)``).
     Use as a context manager, or call ``.remove()``. Memory: O(tokens * k)."""
-    return Recording(model, site, sae, positions)
+    return Recording(model, site, sae, positions, stop)
 
 
 def splice(model: nn.Module, site: Site, sae, *, keep_error: bool = False) -> Splice:

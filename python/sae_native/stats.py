@@ -108,13 +108,14 @@ def feature_stats(model: torch.nn.Module, site, sae, batches: Iterable, *, top_e
     n_tokens, n_texts = 0, 0
     from ._progress import wrap
     iterator = wrap(batches, progress, desc="feature_stats", unit="batch")
-    with torch.no_grad(), record(model, site, sae) as rec:
+    # (stop: the layers after the site never run)
+    with torch.no_grad(), record(model, site, sae, stop=True) as rec:
         for batch in iterator:
             inputs = batch if isinstance(batch, dict) else {"input_ids": batch}
             if not isinstance(inputs.get("input_ids"), Tensor):
                 raise TypeError("batches: expected token-id tensors [batch, seq] or dicts with 'input_ids'")
             rec.clear()
-            model(**inputs)
+            rec.forward(**inputs)
             if not rec.codes:
                 raise RuntimeError(f"feature_stats: the model never ran the site {site!r}")
             codes = rec.codes[-1]                                   # [batch, seq, k]

@@ -69,17 +69,35 @@ def site_activations(model, tok, texts: Sequence[str]) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-def answer_perplexity(model, tok, prompt: str, answer: str) -> float:
-    """exp(mean NLL) of the answer's tokens after the chat prompt, under the (unsteered) model."""
-    p = tok(chat_prompt(tok, prompt), return_tensors="pt", add_special_tokens=False)["input_ids"]
-    a = tok(answer, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    if a.shape[1] == 0:
-        return float("nan")
-    ids = torch.cat([p, a], dim=1)
-    with torch.no_grad():
-        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
-    nll = -logp[p.shape[1] - 1:].gather(-1, ids[0, p.shape[1]:, None]).squeeze(-1)
-    return float(nll.mean().exp())
+def answer_perplexities(model, tok, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 8) -> List[float]:
+    """exp(mean NLL) of each answer's tokens after its chat prompt, under the (unsteered) model
+    (NaN for an empty answer). Batched, right-padded: the padding comes after every real token,
+    so causal attention never sees it."""
+    pairs = []
+    for prompt, answer in zip(prompts, answers):
+        p = tok(chat_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+        a = tok(answer, add_special_tokens=False)["input_ids"]
+        pairs.append((len(p), list(p) + list(a)))
+    out = [float("nan")] * len(pairs)
+    todo = [i for i, (n, ids) in enumerate(pairs) if len(ids) > n]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for c in range(0, len(todo), batch_size):
+        rows = todo[c:c + batch_size]
+        width = max(len(pairs[i][1]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for j, i in enumerate(rows):
+            seq = pairs[i][1]
+            ids[j, :len(seq)] = torch.tensor(seq)
+            mask[j, :len(seq)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        for j, i in enumerate(rows):
+            n, seq = pairs[i]
+            logp = torch.log_softmax(logits[j, n - 1:len(seq) - 1].float(), dim=-1)
+            nll = -logp.gather(-1, torch.tensor(seq[n:])[:, None]).squeeze(-1)
+            out[i] = float(nll.mean().exp())
+    return out
 
 
 def distinct_words(texts: Sequence[str]) -> float:
@@ -186,9 +204,25 @@ def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_
     sae.metadata.setdefault("train_tokens", store.n_tokens)
     held_texts = [r["text"] for r in held_rows]
     sae.metadata["demo_evaluation"] = _evaluation(model, tok, sae, held_texts, store, sae_dir, log)
-    stats.feature_stats(model, SITE, sae, _batches(tok, [r["text"] for r in train_rows]), top_examples=0,
-                        progress=False)
+    _feature_maxima(model, tok, sae, [r["text"] for r in train_rows], sae_dir)
     return model, tok, sae, train_rows, held_rows
+
+
+def _feature_maxima(model, tok, sae, texts: Sequence[str], sae_dir: str) -> None:
+    """sae.stats over the labelled training texts (what ("max", s) clamps read), cached beside the
+    SAE per text list: the model's pass over them is a large share of a cached run."""
+    from safetensors.torch import load_file, save_file
+    path = os.path.join(sae_dir, f"demo_feature_stats-{_texts_key(texts)}.safetensors")
+    if os.path.isfile(path):
+        saved = load_file(path)
+        sae.stats = stats.FeatureStats(max=saved["max"], frequency=saved["frequency"], mean=saved["mean"],
+                                       n_tokens=int(saved["n_tokens"]))
+        return
+    fs = stats.feature_stats(model, SITE, sae, _batches(tok, texts), top_examples=0, progress=False)
+    tmp = path + ".tmp"
+    save_file({"max": fs.max.contiguous(), "frequency": fs.frequency.contiguous(), "mean": fs.mean.contiguous(),
+               "n_tokens": torch.tensor(fs.n_tokens)}, tmp)
+    os.replace(tmp, path)
 
 
 def _evaluation(model, tok, sae, texts: Sequence[str], store, sae_dir: str, log: Callable[[str], None]) -> Dict:
@@ -225,19 +259,25 @@ def _evaluation(model, tok, sae, texts: Sequence[str], store, sae_dir: str, log:
     return ev
 
 
-def token_activations(model, tok, sae, feature: int, texts: Sequence[str]) -> List[Dict]:
+def token_activations(model, tok, sae, feature: int, texts: Sequence[str], batch_size: int = 16) -> List[Dict]:
     """[{"text", "tokens", "acts"}]: each text's tokens and the feature's activation on each (the
-    first token's, an attention-sink outlier, is reported as 0, as the feature search does)."""
+    first token's, an attention-sink outlier, is reported as 0, as the feature search does).
+    Batched, right-padded (see answer_perplexities)."""
     out = []
-    with torch.no_grad(), hooks.record(model, SITE, sae) as rec:
-        for text in texts:
-            ids = tok(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad(), hooks.record(model, SITE, sae, stop=True) as rec:
+        for c in range(0, len(texts), batch_size):
+            chunk = list(texts[c:c + batch_size])
+            batch = next(_batches(tok, chunk, len(chunk)))
             rec.clear()
-            model(ids)
-            acts = rec.codes[-1].to_dense()[0, :, feature].float()
-            acts[0] = 0.0
-            out.append({"text": text, "tokens": token_strings(tok, ids[0].tolist()),
-                        "acts": [round(float(a), 3) for a in acts]})
+            rec.forward(**batch)
+            codes = rec.codes[-1]                                      # [batch, seq, k]
+            acts = (codes.values * (codes.indices == feature)).sum(-1).float()
+            for text, row, ids, mask in zip(chunk, acts, batch["input_ids"], batch["attention_mask"]):
+                n = int(mask.sum())
+                row = row[:n].clone()
+                row[:1] = 0.0
+                out.append({"text": text, "tokens": token_strings(tok, ids[:n].tolist()),
+                            "acts": [round(float(a), 3) for a in row]})
     return out
 
 
@@ -309,13 +349,13 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     log(f"  a mention is: {concept.rule}")
     base = generate(model, tok, prompts, max_new_tokens=budget.answer_tokens)
     base_rate, base_weak = concept.mention_rate(base), concept.mention_rate(base, strict=False)
-    ppl_base = _median([answer_perplexity(model, tok, p, a) for p, a in zip(prompts, base)])
+    ppl_base = _median(answer_perplexities(model, tok, prompts, base))
     distinct_base = distinct_words(base)
     table = []
     for sc in sorted({float(scale), *map(float, sweep)}):
         ans = _steered_answers(model, tok, sae, best.feature, sc, prompts, budget)
         rate = concept.mention_rate(ans)
-        ppl = _median([answer_perplexity(model, tok, p, a) for p, a in zip(prompts, ans)])
+        ppl = _median(answer_perplexities(model, tok, prompts, ans))
         table.append({"scale": sc, "mention_rate": rate, "weak_mention_rate": concept.mention_rate(ans, strict=False),
                       "median_perplexity": ppl, "distinct_words": distinct_words(ans), "answers": ans})
     main = next(r for r in table if r["scale"] == float(scale))
