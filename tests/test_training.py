@@ -286,3 +286,22 @@ def test_step_gradients_match_a_float64_reference(architecture, weight_dtype):
         torch.testing.assert_close(trainer.W_enc_t.grad.double(), want_enc, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(trainer.W_dec.grad.double(), want_dec, rtol=1e-4, atol=1e-5)
     assert trainer.W_enc_t.grad.dtype == torch.float32 and trainer.W_dec.grad.dtype == torch.float32
+
+
+def test_step_fvu_is_exact_on_data_far_from_zero():
+    """The step's FVU against float64 on activations whose mean is 300x their spread (residual
+    streams sit far from zero): a float32 sum of squares less B |mean|^2 would cancel to noise."""
+    from sae_native.training.trainer import Trainer
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 23, generator=g) + 300.0
+    trainer = Trainer(23, sn.TrainConfig(architecture="topk", d_sae=31, k=3, batch_size=64, steps=2, seed=1))
+    trainer._start(x)
+    xs = (x * trainer.scale).double()
+    before = {n: getattr(trainer, n).detach().double().clone() for n in ("W_enc_t", "b_enc", "W_dec", "b_dec")}
+    m = trainer.step(x, 2)
+    codes = sn.functional.encode(xs.float(), before["W_enc_t"].t().float(), before["b_enc"].float(),
+                                 activation="topk", k=3, b_dec=before["b_dec"].float())
+    dense = torch.zeros(64, 31, dtype=torch.float64).scatter(1, codes.indices, codes.values.double())
+    err = xs - (dense @ before["W_dec"] + before["b_dec"])
+    want = float(err.pow(2).sum() / (xs - xs.mean(0)).pow(2).sum())
+    assert m["fvu"] == pytest.approx(want, rel=1e-3)

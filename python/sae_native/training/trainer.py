@@ -219,9 +219,9 @@ class Trainer:
                 rate = cfg.threshold_rate
                 self.batch_threshold = smallest if self.batch_threshold is None else \
                     (1 - rate) * self.batch_threshold + rate * smallest
-        # (sum of squares less B |mean|^2: two dot products, no temporary of B x d_in)
-        flat, mean = xs.reshape(-1), xs.mean(0)
-        total_var = float(torch.dot(flat, flat)) - B * float(torch.dot(mean, mean))
+        # (per-column variances, Welford's: no temporary of B x d_in, and no cancellation on data far
+        # from zero, as a sum of squares less B |mean|^2 would suffer in float32)
+        total_var = float(xs.var(0, correction=0).sum()) * B
         fvu = float(recon.detach()) * (B * self.d_in) / total_var if total_var > 0 else float("nan")
         self.step_count += 1
         self.tokens += B_all
