@@ -55,3 +55,40 @@ def test_record_steer_and_null_clamp(model_tok, sae):
         unchanged = generate(model, ids, mask)
     assert tok.decode(steered) != tok.decode(plain), tok.decode(steered)
     assert torch.equal(unchanged, plain)
+
+
+def test_the_gguf_conversion_is_kept_and_read_back_identically(tmp_path, monkeypatch):
+    """load_model("smollm2") keeps its float32 conversion under SAE_NATIVE_CACHE; the next load
+    reads it without touching the GGUF, with the same weights, logits and tokenization; a folder
+    left without its weights is converted again."""
+    import transformers
+
+    from sae_native import models
+    monkeypatch.setenv("SAE_NATIVE_CACHE", str(tmp_path))
+    first, tok = models.load_model("smollm2")
+    kept = models._converted_folder(f"{models.smollm2_folder()}/{models.SMOLLM2_GGUF}")
+    assert kept.startswith(str(tmp_path)) and sorted(p.name for p in tmp_path.joinpath("models").iterdir()) == \
+        [kept.rsplit("/", 1)[-1]]
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def no_gguf(*args, **kw):
+        assert "gguf_file" not in kw, "the kept conversion was not used"
+        return real(*args, **kw)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_gguf)
+    again, tok2 = models.load_model("smollm2")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", real)
+    a, b = first.state_dict(), again.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert again.lm_head.weight.data_ptr() == again.model.embed_tokens.weight.data_ptr()
+    text = "The Golden Gate Bridge überspannt 金门大桥"
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    assert tok2(text)["input_ids"] == ids[0].tolist() and tok2.chat_template == tok.chat_template
+    with torch.no_grad():
+        assert torch.equal(first(ids).logits, again(ids).logits)
+    bf16, _ = models.load_model("smollm2", dtype=torch.bfloat16)
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    # a kept folder without its weights (a copy cut short) is converted again
+    import os
+    os.remove(os.path.join(kept, "model.safetensors"))
+    models.load_model("smollm2")
+    assert os.path.isfile(os.path.join(kept, "model.safetensors"))

