@@ -20,6 +20,7 @@
 #include <cstring>
 #include <vector>
 
+#include "bf16_pairs.h"
 #include "isa_kernels.h"
 
 namespace sae {
@@ -47,14 +48,6 @@ inline Config make_config() {
   return c;
 }
 
-// Element 2l of the result is element l of the first row (lanes 0..15), element 2l+1 element l
-// of the second (lanes 16..31).
-inline __m512i pair_index() {
-  alignas(64) static const uint16_t idx[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
-                                               8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  return _mm512_load_si512(idx);
-}
-
 // The thread's weight tiles of one panel group: [panel][k step][16 pair rows][32 bf16], zero past
 // d_in, for the panels at `panel` (until begin() or another group).
 struct PanelCache {
@@ -78,7 +71,7 @@ inline const bf16* weight_tiles(const bf16* panel, index_t ps, int panels, index
   if (c.panel == panel && c.ps == ps && c.panels == panels && c.d_in == d_in) return c.tiles.data();
   const index_t steps = k_steps(d_in);
   c.tiles.resize(size_t(panels * steps * kK * kPanel));
-  const __m512i idx = pair_index();
+  const __m512i idx = bf16_pair_index();
   for (int p = 0; p < panels; ++p) {
     const bf16* src = panel + p * ps;
     bf16* dst = c.tiles.data() + p * steps * kK * kPanel;

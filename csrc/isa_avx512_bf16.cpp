@@ -12,18 +12,11 @@
 
 #include <cstring>
 
+#include "bf16_pairs.h"
 #include "isa_kernels.h"
 
 namespace sae {
 namespace {
-
-// Element 2l of the result is element l of rows i (lanes 0..15), element 2l+1 is element l of
-// row i+1 (lanes 16..31).
-inline __m512i pair_index() {
-  alignas(64) static const uint16_t idx[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
-                                               8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  return _mm512_load_si512(idx);
-}
 
 inline __m512i broadcast_pair(const bf16* u) {
   int32_t pair;
@@ -33,7 +26,7 @@ inline __m512i broadcast_pair(const bf16* u) {
 
 template <int R, int P>
 void tile_rp(const bf16* u, index_t ldu, const bf16* panel, index_t ps, index_t d_in, float* acc, index_t ld_acc) {
-  const __m512i idx = pair_index();
+  const __m512i idx = bf16_pair_index();
   __m512 c[R][P];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)

@@ -62,6 +62,15 @@ class _StopForward(Exception):
     pass
 
 
+def _run_until_stopped(model: nn.Module, *args, **inputs) -> None:
+    """``model(*args, **inputs)`` without gradients; a hook's _StopForward ends it quietly."""
+    with torch.no_grad():
+        try:
+            model(*args, **inputs)
+        except _StopForward:
+            pass
+
+
 class SiteCapture:
     """Runs a model only as far as it must to see the outputs of ``sites``: ``capture(inputs)``
     (a dict of model inputs) returns {site: hidden state}, and the forward stops right after the
@@ -92,11 +101,7 @@ class SiteCapture:
 
     def __call__(self, inputs: dict) -> dict:
         self.captured = {}
-        with torch.no_grad():
-            try:
-                self.model(**inputs)
-            except _StopForward:
-                pass
+        _run_until_stopped(self.model, **inputs)
         missing = [s for s in self.sites if s not in self.captured]
         if missing:
             raise RuntimeError(f"the model never ran the site(s) {missing}")
@@ -204,11 +209,7 @@ class Recording(SiteHook):
     def forward(self, *args, **inputs) -> None:
         """``model(*args, **inputs)`` without gradients, as far as the site when ``stop``; the
         codes are then ``codes[-1]``."""
-        with torch.no_grad():
-            try:
-                self.model(*args, **inputs)
-            except _StopForward:
-                pass
+        _run_until_stopped(self.model, *args, **inputs)
 
     def all(self) -> SparseCodes:
         """Every recorded token's codes, concatenated: [total, k] (threshold codes padded to the

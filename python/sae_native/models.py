@@ -40,13 +40,19 @@ def load_model(name: str = "smollm2", *, dtype=torch.float32) -> Tuple[torch.nn.
     return model.eval(), tok
 
 
+def cache_root() -> str:
+    """Where the package keeps what it makes once (the demo's corpora, stores and SAEs; converted
+    models): SAE_NATIVE_CACHE, default ~/.cache/sae-native."""
+    return os.environ.get("SAE_NATIVE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sae-native")
+
+
 def _converted_folder(gguf: str) -> str:
-    """Where the GGUF's float32 conversion is kept: under SAE_NATIVE_CACHE (default
-    ~/.cache/sae-native)/models, named by the file's size and time and the transformers version."""
+    """Where the GGUF's float32 conversion is kept: cache_root()/models, named by the file's size
+    and time and the transformers version."""
     import transformers
     st = os.stat(gguf)
-    root = os.environ.get("SAE_NATIVE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sae-native")
-    return os.path.join(root, "models", f"smollm2-{st.st_size}-{st.st_mtime_ns}-transformers{transformers.__version__}")
+    return os.path.join(cache_root(), "models",
+                        f"smollm2-{st.st_size}-{st.st_mtime_ns}-transformers{transformers.__version__}")
 
 
 def _smollm2(folder: str):

@@ -50,7 +50,8 @@ ARCHITECTURES = ("relu", "topk", "jumprelu")
 
 
 def default_cache() -> str:
-    return os.environ.get("SAE_NATIVE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sae-native")
+    from ..models import cache_root
+    return cache_root()
 
 
 def _batches(tok, texts: Sequence[str], size: int = 16):
