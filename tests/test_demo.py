@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(bool(smollm2.available()), reason=smollm2.availa
 FIELDS = {"concept", "feature", "selectivity_auroc", "baseline_mention_rate", "steered_mention_rate", "coherence",
           "examples", "baseline_weak_mention_rate", "steered_weak_mention_rate", "mention_rule", "group_frequency",
           "inactive", "loose_mention_rate", "best_scale", "best_scale_mention_rate", "architecture", "d_sae",
-          "train_tokens", "unnamed_auroc", "per_language", "html", "sae_evaluation", "token_activations"}
+          "train_tokens", "unnamed_auroc", "per_language", "html", "sae_evaluation", "token_activations", "l1"}
 
 
 def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
@@ -41,6 +41,7 @@ def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
             assert all(row["median_perplexity"] <= 4 * ppl for row in coherent)
         assert r["loose_mention_rate"] == r["steered_weak_mention_rate"]
         assert r["architecture"] == "relu" and r["d_sae"] == 256 and r["train_tokens"] >= 3000
+        assert r["l1"] == 5.0          # (sn.train's default: the small budget sets none)
         ev = r["sae_evaluation"]
         assert 0 <= ev["fvu"] and ev["l0"] > 0 and 0 <= ev["dead_fraction"] <= 1 and ev["ce_loss_recovered"] <= 1
         assert ev["outlier_tokens"] >= 0 and ev["fvu_all_tokens"] >= 0 and ev["tokens"] > 0
@@ -51,10 +52,18 @@ def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
         assert set(r["group_frequency"]) == {"named (held-out corpus)", "described (no name)", "French", "Spanish",
                                              "German"}
         ina = r["inactive"]
-        assert set(ina) == {"prompts", "scale", "baseline_mention_rate", "ablated_mention_rate", "unsteered", "clamps"}
-        assert [c["scale"] for c in ina["clamps"]] == [0.0, -2.0] and ina["scale"] in (0.0, -2.0)
+        assert set(ina) == {"prompts", "scale", "features", "label", "baseline_mention_rate", "ablated_mention_rate",
+                            "unsteered", "clamps"}
+        # the feature at 0 and -2x max, then the search's selective top features (the feature first) at 0
+        selective = {m["feature"] for m in r["runner_up_features"] if m["auroc"] >= 0.95} - {r["feature"]}
+        assert [c["scale"] for c in ina["clamps"]] == [0.0, -2.0] + [0.0] * bool(selective)
+        assert [c["features"] for c in ina["clamps"][:2]] == [[r["feature"]]] * 2 and ina["scale"] in (0.0, -2.0)
+        if selective:
+            assert ina["clamps"][2]["features"] == [r["feature"], *(m["feature"] for m in r["runner_up_features"]
+                                                                    if m["feature"] in selective)]
         assert ina["baseline_mention_rate"] == ina["unsteered"]["mention_rate"]
-        assert ina["ablated_mention_rate"] == next(c for c in ina["clamps"] if c["scale"] == ina["scale"])["mention_rate"]
+        used = next(c for c in ina["clamps"] if c["label"] == ina["label"])
+        assert ina["ablated_mention_rate"] == used["mention_rate"] and ina["features"] == used["features"]
         for row in [ina["unsteered"], *ina["clamps"]]:
             assert 0.0 <= row["mention_rate"] <= 1.0 and 0.0 <= row["weak_mention_rate"] <= 1.0
             assert len(row["answers"]) == len(ina["prompts"]) >= 2
@@ -90,7 +99,20 @@ def test_demo_argument_errors(capsys):
                           (["--d-sae", "-3"], "--d-sae: expected an int >= 1"),
                           (["--corpus", "/nonexistent/texts"], "--corpus: /nonexistent/texts: no such file"),
                           (["--architecture", "matryoshka"], "invalid choice"),
-                          (["--html", "/nonexistent/dir/report.html"], "--html: the folder of")):
+                          (["--html", "/nonexistent/dir/report.html"], "--html: the folder of"),
+                          (["--l1", "0"], "--l1: expected a finite number > 0"),
+                          (["--l1", "nan"], "--l1: expected a finite number > 0"),
+                          (["--l1", "5", "--architecture", "topk"], "with --architecture relu")):
         with pytest.raises(SystemExit) as e:
             main(["demo", *argv])
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_demo_run_checks_l1_before_loading_anything():
+    from sae_native.demo import run
+    for kwargs, message in (({"l1": 0.0}, "l1: expected a finite number > 0"),
+                            ({"l1": float("inf")}, "l1: expected a finite number > 0"),
+                            ({"l1": True}, "l1: expected a finite number > 0"),
+                            ({"l1": 5.0, "architecture": "topk"}, "only the relu architecture")):
+        with pytest.raises(ValueError, match=message):
+            run(**kwargs)

@@ -33,10 +33,13 @@ def record(concept="Golden Gate Bridge", scale=10.0, best=3.0):
         "baseline_mention_rate": 0.0, "steered_mention_rate": 1.0, "loose_mention_rate": 1.0,
         "mention_rule": "'Golden Gate' <strict>", "group_frequency": {"named (held-out corpus)": 1.0, "French": 0.5},
         "residual_norm_median": 100.0, "clamp_norm": 100.0,
-        "inactive": {"prompts": ["Q1?", "Q2?"], "scale": 0.0, "baseline_mention_rate": 1.0, "ablated_mention_rate": 0.5,
-                     "unsteered": {"mention_rate": 1.0, "answers": ["a1", "a2"]},
+        "inactive": {"prompts": ["Q1?", "Q2?"], "scale": 0.0, "baseline_mention_rate": 1.0, "ablated_mention_rate": 0.25,
+                     "label": "2 features at 0 (42, 7)", "unsteered": {"mention_rate": 1.0, "answers": ["a1", "a2"]},
+                     # (the first two as records written before clamps had labels)
                      "clamps": [{"scale": 0.0, "mention_rate": 0.5, "answers": ["b1", "b2"]},
-                                {"scale": -2.0, "mention_rate": 0.0, "answers": ["c1", "c2"]}]},
+                                {"scale": -2.0, "mention_rate": 0.0, "answers": ["c1", "c2"]},
+                                {"scale": 0.0, "features": [42, 7], "label": "2 features at 0 (42, 7)",
+                                 "mention_rate": 0.25, "answers": ["d1", "d2"]}]},
         "coherence": {"median_perplexity_steered": 1024.0, "median_perplexity_unsteered": 2.0},
         "sweep": sweep, "best_scale": best, "best_scale_mention_rate": best / 10, "best_scale_coherent": True,
         "examples": [{"prompt": p, "unsteered": f"plain {i}", "steered": f"bridge {i}"} for i, p in enumerate(prompts)],
@@ -81,8 +84,10 @@ def test_page_renders_every_part_with_the_numbers(tmp_path):
     assert "best 1" in answers and "bridge 2" in answers
     inactive = first.split('class="inactive"')[1].split("</table>")[0]
     assert "clamped to -2x max (0%)" in inactive and "c2" in inactive
+    assert "2 features at 0 (42, 7) (25%)" in inactive and "d2" in inactive and len(re.findall(r"<th", inactive)) == 5
     # the cards carry the headline numbers
-    assert "AUROC 0.990" in first and "100% → 50%" in first and "FVU 0.200" in first and "1,000,000 tokens" in first
+    assert "AUROC 0.990" in first and "100% → 25%" in first and "FVU 0.200" in first and "1,000,000 tokens" in first
+    assert "with 2 features at 0 (42, 7)" in first
     # when the best scale is the headline scale the extra column goes
     second = dom.split('data-concept="cats"')[1]
     assert "(best coherent)" not in second.split('class="answers"')[1].split("</table>")[0]
@@ -239,3 +244,43 @@ def test_feature_maxima_are_cached_per_text_list(smol, tmp_path, monkeypatch):
     assert second.stats.n_tokens == first.stats.n_tokens
     with pytest.raises(pytest.fail.Exception, match="cached maxima"):   # other texts: computed anew
         pipeline._feature_maxima(model, tok, second, TEXTS[:2], str(tmp_path))
+
+
+def test_answer_sets_match_one_set_at_a_time(smol):
+    """A sweep in one batched generate (each block of rows with its own clamp) gives every set the
+    answers it gets alone under sn.steer, and the unsteered sets those of the bare model."""
+    from sae_native import stats
+    from sae_native.demo.corpus import generate
+    from sae_native.demo.pipeline import SITE, _RowClamps, answer_sets
+    model, tok = smol
+    sae = _layer15_sae()
+    sae.stats = stats.FeatureStats(max=torch.full((48,), 20.0), frequency=torch.zeros(48), mean=torch.zeros(48),
+                                   n_tokens=1)
+    feature, tokens = 5, 10
+    unrelated, asking = ["What is 2+2?", "Name a colour."], ["Describe the Golden Gate Bridge in one sentence."]
+    sets = [(unrelated, None), (unrelated, {feature: ("max", 1.0)}), (unrelated, {feature: ("max", 8.0)}),
+            (asking, None), (asking, {feature: ("max", -2.0), 9: 0.0})]
+    got = answer_sets(model, tok, sae, sets, max_new_tokens=tokens)
+    assert [len(a) for a in got] == [2, 2, 2, 1, 1]
+    for (prompts, clamp), answers in zip(sets, got):
+        if clamp is None:
+            want = generate(model, tok, prompts, max_new_tokens=tokens)
+        else:
+            with sn.steer(model, SITE, sae, clamp):
+                want = generate(model, tok, prompts, max_new_tokens=tokens)
+        assert answers == want, (clamp, prompts)
+    assert got[2] != got[0]          # (the clamp changes the answers: a hook that did nothing fails)
+    with pytest.raises(RuntimeError, match="expected a batch of 3 rows"), \
+            _RowClamps(model, sae, [None, {feature: ("max", 1.0)}], [1, 2]):
+        model(**tok(["one row only"], return_tensors="pt"))
+
+
+def test_inactive_clamps():
+    """The feature at 0 and -2x max, then the selective top features together at 0 (the feature
+    first, once); no group clamp when the search found no other feature."""
+    from sae_native.demo.pipeline import _ablations
+    got = _ablations(7, [7, 3, 9, 3])
+    assert [(a["scale"], a["features"]) for a in got] == [(0.0, [7]), (-2.0, [7]), (0.0, [7, 3, 9])]
+    assert got[0]["clamp"] == {7: ("max", 0.0)} and got[1]["clamp"] == {7: ("max", -2.0)}
+    assert got[2]["clamp"] == {7: 0.0, 3: 0.0, 9: 0.0} and got[2]["label"] == "3 features at 0 (7, 3, 9)"
+    assert [a["features"] for a in _ablations(7, [7])] == [[7], [7]]

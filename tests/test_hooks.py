@@ -90,6 +90,39 @@ def test_splice_keep_error_leaves_logits_unchanged(model_site):
     assert torch.equal(after, base)
 
 
+def test_splice_passes_massive_activations_through(model_site):
+    """With max_norm_ratio the positions above that multiple of the forward's median norm (two,
+    made 100x here) keep their activation; every other one gets the reconstruction."""
+    model, site = model_site
+    sae = random_sae("jumprelu")
+    module = sn.hooks.resolve_site(model, site)
+    hidden = lambda out: out[0] if isinstance(out, tuple) else out     # noqa: E731
+    seen = {}
+
+    def inflate(mod, args, out):
+        h = hidden(out)
+        h[0, 2] *= 100.0
+        h[1, 5] *= 100.0
+        seen["in"] = h.clone()
+    first = module.register_forward_hook(inflate)
+    try:
+        with torch.no_grad(), sn.splice(model, site, sae, max_norm_ratio=10):
+            last = module.register_forward_hook(lambda m, a, out: seen.update(out=hidden(out).clone()))
+            try:
+                model(tokens())
+            finally:
+                last.remove()
+    finally:
+        first.remove()
+    x, y = seen["in"], seen["out"]
+    massive = torch.zeros(x.shape[:2], dtype=torch.bool)
+    massive[0, 2] = massive[1, 5] = True
+    assert torch.equal(y[massive], x[massive])
+    torch.testing.assert_close(y[~massive], sae(x[~massive]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="max_norm_ratio: expected a finite number >= 1 or None"):
+        sn.splice(model, site, sae, max_norm_ratio=0.5)
+
+
 @pytest.mark.parametrize("activation", ["topk", "jumprelu"])
 def test_empty_clamp_changes_nothing(model_site, activation):
     model, site = model_site

@@ -140,6 +140,45 @@ def test_bad_arguments_are_named(store_dir, tmp_path):
         write_store(model, SITES[0], batches(), tmp_path / "x", dtype=torch.int8, progress=False)
     with pytest.raises(TypeError, match="sites: expected a module path"):
         write_store(model, [], batches(), tmp_path / "x", progress=False)
+    for ratio in (0.5, float("nan"), float("inf"), True, "10"):
+        with pytest.raises(ValueError, match="max_norm_ratio: expected a finite number >= 1 or None"):
+            write_store(model, SITES[0], batches(), tmp_path / "x", max_norm_ratio=ratio, progress=False)
+
+
+def test_massive_activations_are_left_out_at_every_site(tmp_path):
+    """max_norm_ratio drops the positions whose norm at any site is above that multiple of the
+    batch's median (here made 100x at the first site only): the rows of both sites stay aligned."""
+    model, _ = tiny_llama()
+    bs = batches(3)
+    massive = {(0, 0, 4), (0, 2, 7), (2, 1, 3)}                    # (batch, row, position)
+    calls = []
+
+    def inflate(mod, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        n = len(calls)
+        calls.append(n)
+        for b, r, t in massive:
+            if b == n:
+                hidden[r, t] *= 100.0
+        return output
+    handle = model.get_submodule(SITES[0]).register_forward_hook(inflate)
+    try:
+        write_store(model, SITES, bs, tmp_path / "s", max_norm_ratio=10.0, progress=False)
+        want = {}
+        for site in SITES:                                          # (each pass inflates the same rows)
+            calls.clear()
+            want[site] = captured(model, site, bs)
+    finally:
+        handle.remove()
+    keep = torch.ones(3, 3, 10, dtype=torch.bool)
+    for b, r, t in massive:
+        keep[b, r, t] = False
+    keep = keep[:, :, 1:].reshape(-1)                               # (skip_first=1, as captured)
+    store = ActivationStore(tmp_path / "s")
+    assert store.n_tokens == int(keep.sum()) == 3 * 3 * 9 - 3
+    for site in SITES:
+        assert torch.equal(store.tensor(site, dtype=torch.bfloat16), want[site][keep].to(torch.bfloat16))
+    assert json.load(open(tmp_path / "s" / "manifest.json"))["source"]["max_norm_ratio"] == 10.0
 
 
 def test_a_writer_killed_mid_run_leaves_whole_shards_and_a_rerun_completes(tmp_path):
@@ -202,3 +241,12 @@ def test_cli_caches_smollm2_activations(tmp_path, capsys):
     assert main(args) == 0 and "already complete" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(args[:-1] + ["--dtype", "float32", "--no-progress"])    # other activations in the same folder
+    # --max-norm-ratio 1 leaves out every token above its batch's median norm
+    halved = ["cache", "--site", smollm2.SITE, "--texts", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "b"),
+              "--seq-len", "8", "--batch-size", "2", "--no-progress", "--max-norm-ratio", "1"]
+    assert main(halved) == 0
+    few = ActivationStore(tmp_path / "b")
+    assert 0 < len(few) < len(store) and json.load(open(tmp_path / "b" / "manifest.json"))["source"]["max_norm_ratio"] == 1
+    with pytest.raises(SystemExit):
+        main(halved[:-1] + ["0.5"])
+    assert "max_norm_ratio: expected a finite number >= 1" in capsys.readouterr().err

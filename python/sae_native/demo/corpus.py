@@ -40,10 +40,11 @@ def generate(model, tok, questions: Sequence[str], *, max_new_tokens: int, batch
 
 
 def writer_model(model, log=print):
-    """The model the bulk corpus is written and read with: a bfloat16 copy where this CPU's bf16
-    matmul is measured faster than fp32 (4x on AVX512-BF16 / AMX parts), else the model itself.
-    Its layer-15 activations differ from the fp32 model's by about 1% (relative norm); the SAE
-    is evaluated on the fp32 model's activations, so any cost of that shows in its FVU."""
+    """The model the demo runs on: it writes the bulk corpus, gives the activations the SAE trains
+    on, and is searched and steered. A bfloat16 copy where this CPU's bf16 matmul is measured
+    faster than fp32 (4x on AVX512-BF16 / AMX parts), else the model itself. Its layer-15
+    activations differ from the fp32 model's by about 1% (relative norm); the SAE is evaluated on
+    the fp32 model's activations, so any cost of that shows in its FVU and CE loss recovered."""
     a, w = torch.randn(512, 576), torch.randn(576, 1536)
     times = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -54,7 +55,7 @@ def writer_model(model, log=print):
             x @ y
         times[dtype] = time.perf_counter() - t0
     if times[torch.bfloat16] * 1.5 < times[torch.float32]:
-        log(f"corpus: writing in bfloat16 (its matmul is {times[torch.float32] / times[torch.bfloat16]:.1f}x faster "
+        log(f"model: running in bfloat16 (its matmul is {times[torch.float32] / times[torch.bfloat16]:.1f}x faster "
             f"than fp32 here)")
         return copy.deepcopy(model).to(torch.bfloat16)
     return model

@@ -40,13 +40,23 @@ class Budget:
     answer_tokens: int      # new tokens per steered / unsteered answer
     prompts: int            # held-out prompts
     held_out: float         # fraction of each topic's texts kept for the selectivity measurement
+    relu_l1: Optional[float] = None   # --architecture relu's L1 coefficient (None: sn.train's default)
+    relu_lr: Optional[float] = None   # and its learning rate (None: sn.train's default)
 
 
 BUDGETS = {
-    "full": Budget(48, 8, 40, 80, 1_000_000, 160, 16384, 32, 1024, 1000, 40, 24, 0.25),
+    # (relu: sn.train's default rate, 2e-4 at 16384 latents, is made for long runs; in this one pass
+    # over 1.1M tokens it left L0 near 300 at L1 5, and a penalty strong enough to bring it down
+    # killed 10% of the latents and the FVU. Five times the rate reached L0 92, FVU 0.35 in 400
+    # steps: docs/demo.md.)
+    "full": Budget(48, 8, 40, 80, 1_000_000, 160, 16384, 32, 1024, 1000, 40, 24, 0.25, relu_l1=5.0, relu_lr=1e-3),
     "small": Budget(4, 2, 4, 24, 3_000, 24, 256, 8, 256, 100, 10, 4, 0.25),
 }
 ARCHITECTURES = ("relu", "topk", "jumprelu")
+# The inactive side of strategy 2: the clamps (x the feature's max) tried on questions about the concept.
+INACTIVE = (0.0, -2.0)
+# Massive activations: tokens whose norm at SITE is above this multiple of the median (see _store).
+MASSIVE = 10.0
 
 
 def default_cache() -> str:
@@ -138,14 +148,17 @@ def _bulk_texts(writer, tok, budget: Budget, *, seed: int, folder: str, corpus: 
 
 
 def _store(writer, tok, texts: Sequence[str], key: str, folder: str, log: Callable[[str], None]):
-    """The activations at SITE over the texts, on disk in shards (resumable, with progress)."""
+    """The activations at SITE over the texts, on disk in shards (resumable, with progress),
+    without SmolLM2's massive activations (tokens above 10x the median norm: about 1 in 1000,
+    holding 88% of the variance over 50k tokens here): a squared-error loss would spend the SAE
+    on them. The SAE's evaluation leaves the same tokens out of its FVU and L0."""
     from ..store import ActivationStore, write_store
-    out = os.path.join(folder, f"store-{key}")
+    out = os.path.join(folder, f"store-{key}-max{MASSIVE:g}x")
     t0 = time.perf_counter()
     batches = list(_batches(tok, texts))
     write_store(writer, SITE, batches, out, source={"texts": key, "model": "SmolLM2-135M-Instruct",
                                                     "dtype": str(next(writer.parameters()).dtype)},
-                progress=True, total=len(batches), exclude_token_ids=[tok.pad_token_id])
+                progress=True, total=len(batches), exclude_token_ids=[tok.pad_token_id], max_norm_ratio=MASSIVE)
     store = ActivationStore(out)
     log(f"activations: {store.n_tokens} tokens at {SITE} in {out} ({time.perf_counter() - t0:.0f} s)")
     return store
@@ -179,13 +192,18 @@ def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_
         cut = len(rows) - max(1, int(round(budget.held_out * len(rows))))
         train_rows += rows[:cut]
         held_rows += rows[cut:]
-    writer = writer_model(model, log)     # (samples the bulk corpus and reads the store's activations)
+    # The model that samples the bulk corpus, reads the store's activations, and then searches and
+    # steers: bf16 where this CPU's bf16 matmul is faster (writer_model). Only the SAE's evaluation
+    # reads the float32 model.
+    writer = writer_model(model, log)
     texts = [r["text"] for r in train_rows] + _bulk_texts(writer, tok, budget, seed=seed, folder=folder,
                                                           corpus=corpus, log=log)
     key = _texts_key(texts)
     store = _store(writer, tok, texts, key, folder, log)
-    del writer
-    size = f"k{budget.k}" if architecture == "topk" else "default"
+    extra: Dict = {"k": budget.k} if architecture == "topk" else {}
+    if architecture == "relu":
+        extra.update({name: value for name, value in (("l1", budget.relu_l1), ("lr", budget.relu_lr)) if value is not None})
+    size = "-".join(f"{name}{value:g}" for name, value in extra.items()) or "default"
     sae_dir = os.path.join(folder, f"sae-{architecture}-{budget.d_sae}-{size}-{store.n_tokens}-{key}")
     t0 = time.perf_counter()
     if os.path.isfile(os.path.join(sae_dir, "cfg.json")):
@@ -195,7 +213,6 @@ def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_
         steps = max(budget.min_steps, math.ceil(store.n_tokens / budget.batch_size))
         log(f"SAE: training a {architecture} SAE, d_sae={budget.d_sae}, on {store.n_tokens} activations at {SITE} "
             f"({steps} steps of {budget.batch_size})")
-        extra = {"k": budget.k} if architecture == "topk" else {}
         sae = train(store, architecture=architecture, d_sae=budget.d_sae, steps=steps, batch_size=budget.batch_size,
                     seed=seed, progress=True, log_every=100, **extra)
         sae.metadata["hook_name"] = SITE
@@ -203,17 +220,22 @@ def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_
         sae.save(sae_dir)
         log(f"SAE: trained in {time.perf_counter() - t0:.0f} s, saved to {sae_dir}")
     sae.metadata.setdefault("train_tokens", store.n_tokens)
+    if architecture == "relu":             # (the SAE's own cfg.json keeps no training options)
+        from ..training.config import TrainConfig
+        sae.metadata["l1"] = TrainConfig(architecture="relu", d_sae=budget.d_sae, l1=extra.get("l1")).sparsity
     held_texts = [r["text"] for r in held_rows]
     sae.metadata["demo_evaluation"] = _evaluation(model, tok, sae, held_texts, store, sae_dir, log)
-    _feature_maxima(model, tok, sae, [r["text"] for r in train_rows], sae_dir)
-    return model, tok, sae, train_rows, held_rows
+    _feature_maxima(writer, tok, sae, [r["text"] for r in train_rows], sae_dir)
+    return writer, tok, sae, train_rows, held_rows
 
 
 def _feature_maxima(model, tok, sae, texts: Sequence[str], sae_dir: str) -> None:
-    """sae.stats over the labelled training texts (what ("max", s) clamps read), cached beside the
-    SAE per text list: the model's pass over them is a large share of a cached run."""
+    """sae.stats over the labelled training texts (what ("max", s) clamps read) under ``model``,
+    cached beside the SAE per text list and model dtype: the model's pass over them is a large
+    share of a cached run."""
     from safetensors.torch import load_file, save_file
-    path = os.path.join(sae_dir, f"demo_feature_stats-{_texts_key(texts)}.safetensors")
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    path = os.path.join(sae_dir, f"demo_feature_stats-{_texts_key(texts)}-{dtype}.safetensors")
     if os.path.isfile(path):
         saved = load_file(path)
         sae.stats = stats.FeatureStats(max=saved["max"], frequency=saved["frequency"], mean=saved["mean"],
@@ -231,7 +253,7 @@ def _evaluation(model, tok, sae, texts: Sequence[str], store, sae_dir: str, log:
     the dead fraction over the training activations (cached beside the SAE)."""
     from ..models import token_batches
     from ..training import evaluate
-    path = os.path.join(sae_dir, "demo_evaluation-v2.json")
+    path = os.path.join(sae_dir, "demo_evaluation-v3.json")
     if os.path.isfile(path):
         with open(path) as f:
             ev = json.load(f)
@@ -239,11 +261,12 @@ def _evaluation(model, tok, sae, texts: Sequence[str], store, sae_dir: str, log:
         acts = site_activations(model, tok, texts)
         # SmolLM2's residual stream has massive activations: a few tokens (about 1 in 1000 here)
         # with 100x the median norm carry over 95% of the variance, so an FVU over all tokens
-        # measures those few. The FVU and L0 leave out tokens above 10x the median norm (how many
-        # is reported, and the all-token FVU beside it); the CE loss runs the model on everything.
+        # measures those few. The SAE trains without them (_store); the FVU and L0 leave them out
+        # too (how many is reported, and the all-token FVU beside it), and the CE loss splices the
+        # reconstruction into every other token, the massive ones passing through as they are.
         norms = acts.norm(dim=-1)
-        keep = norms <= 10 * norms.median()
-        full = evaluate(sae, acts[keep], model=model, site=SITE,
+        keep = norms <= MASSIVE * norms.median()
+        full = evaluate(sae, acts[keep], model=model, site=SITE, max_norm_ratio=MASSIVE,
                         token_batches=list(token_batches(tok, texts, seq_len=128, batch_size=8)))
         # (dead: no activation over up to 262k training tokens; a few thousand held-out tokens
         # would call every rare latent dead)
@@ -252,7 +275,7 @@ def _evaluation(model, tok, sae, texts: Sequence[str], store, sae_dir: str, log:
               "ce_loss_recovered": full["ce_loss_score"], "tokens": full["tokens"],
               "outlier_tokens": int((~keep).sum()), "fvu_all_tokens": evaluate(sae, acts)["fvu"],
               "measured_on": f"{len(texts)} held-out labelled texts, SmolLM2 in float32; FVU and L0 without the "
-                             f"tokens above 10x the median norm"}
+                             f"tokens above 10x the median norm, which the CE loss's splice passes through"}
         with open(path, "w") as f:
             json.dump(ev, f, indent=1)
     log(f"SAE: on held-out texts FVU {ev['fvu']:.3f} (all tokens: {ev['fvu_all_tokens']:.3f}, see above), L0 "
@@ -301,9 +324,35 @@ def _peak(row: Dict) -> float:
     return max(row["acts"], default=0.0)
 
 
-def _steered_answers(model, tok, sae, feature: int, scale: float, prompts, budget: Budget):
-    with hooks.steer(model, SITE, sae, {feature: ("max", scale)}):
-        return generate(model, tok, prompts, max_new_tokens=budget.answer_tokens)
+class _RowClamps(hooks.SiteHook):
+    """One feature clamped to a different value in each block of a batch's rows (None: left as
+    it is), so that a whole sweep, its unsteered answers and the inactive clamps come from one
+    batched generate: the model's weights are read once per token for all of them, not once per
+    scale. Each block gets what ``sn.steer(model, SITE, sae, clamp)`` would give it alone."""
+
+    def __init__(self, model, sae, clamps: Sequence, rows: Sequence[int]):
+        self.clamps = [None if c is None else sae.parse_clamp(c) for c in clamps]
+        self.rows = list(rows)
+        super().__init__(model, SITE, sae)
+
+    def on_forward(self, hidden, kwargs):
+        if hidden.shape[0] != sum(self.rows):
+            raise RuntimeError(f"row clamps: expected a batch of {sum(self.rows)} rows, got {hidden.shape[0]}")
+        return torch.cat([h if c is None else self.sae.steer(h, c)
+                          for h, c in zip(hidden.split(self.rows), self.clamps)])
+
+
+def answer_sets(model, tok, sae, sets: Sequence, *, max_new_tokens: int) -> List[List[str]]:
+    """Greedy answers to each (prompts, clamp) set, the clamp as ``sn.steer`` takes it (None:
+    unsteered), all in one batched generate (see _RowClamps)."""
+    questions = [q for prompts, _ in sets for q in prompts]
+    with _RowClamps(model, sae, [clamp for _, clamp in sets], [len(prompts) for prompts, _ in sets]):
+        answers = generate(model, tok, questions, max_new_tokens=max_new_tokens, batch_size=max(1, len(questions)))
+    out, start = [], 0
+    for prompts, _ in sets:
+        out.append(answers[start:start + len(prompts)])
+        start += len(prompts)
+    return out
 
 
 def _median(values) -> float:
@@ -348,22 +397,32 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     log("  fires on: " + ", ".join(f"{g} {r:.0%}" for g, r in best.group_frequency.items()))
     prompts = list(prompts or PROMPTS[:budget.prompts])
     log(f"  a mention is: {concept.rule}")
-    base = generate(model, tok, prompts, max_new_tokens=budget.answer_tokens)
+    scales = sorted({float(scale), *map(float, sweep)})
+    asking = list(concept.asking[:max(2, budget.prompts // 4)])
+    # Every answer the report shows, in one batched generate: unsteered and at every scale on
+    # the unrelated prompts, and unsteered and clamped to 0 and -2x on the concept's questions.
+    ablations = _ablations(best.feature, [m.feature for m in matches if m.auroc >= 0.95])
+    sets = ([(prompts, None)] + [(prompts, {best.feature: ("max", sc)}) for sc in scales] + [(asking, None)]
+            + [(asking, a["clamp"]) for a in ablations])
+    answers = answer_sets(model, tok, sae, sets, max_new_tokens=budget.answer_tokens)
+    base, swept, inactive_answers = answers[0], answers[1:1 + len(scales)], answers[1 + len(scales):]
     base_rate, base_weak = concept.mention_rate(base), concept.mention_rate(base, strict=False)
-    ppl_base = _median(answer_perplexities(model, tok, prompts, base))
+    # (the perplexities of every set in one batched pass, split back per set)
+    ppls = answer_perplexities(model, tok, prompts * (1 + len(scales)), [a for ans in answers[:1 + len(scales)]
+                                                                          for a in ans], batch_size=32)
+    ppl_base = _median(ppls[:len(prompts)])
     distinct_base = distinct_words(base)
     table = []
-    for sc in sorted({float(scale), *map(float, sweep)}):
-        ans = _steered_answers(model, tok, sae, best.feature, sc, prompts, budget)
-        rate = concept.mention_rate(ans)
-        ppl = _median(answer_perplexities(model, tok, prompts, ans))
-        table.append({"scale": sc, "mention_rate": rate, "weak_mention_rate": concept.mention_rate(ans, strict=False),
-                      "median_perplexity": ppl, "distinct_words": distinct_words(ans), "answers": ans})
+    for i, (sc, ans) in enumerate(zip(scales, swept), start=1):
+        table.append({"scale": sc, "mention_rate": concept.mention_rate(ans),
+                      "weak_mention_rate": concept.mention_rate(ans, strict=False),
+                      "median_perplexity": _median(ppls[i * len(prompts):(i + 1) * len(prompts)]),
+                      "distinct_words": distinct_words(ans), "answers": ans})
     main = next(r for r in table if r["scale"] == float(scale))
     target = float(sae.stats.max[best.feature]) * scale
     # How hard the clamp pushes: the vector it adds, against the residual stream it is added to
     # (where it swamps the stream, the model degenerates rather than talks about the concept).
-    residual = float(site_activations(model, tok, neg[:32]).norm(dim=-1).median())
+    residual = float(site_activations(model, tok, neg[:32]).float().norm(dim=-1).median())
     row_norm = float(sae.W_dec[best.feature].float().norm())
     for r in table:
         r["clamp_norm"] = float(sae.stats.max[best.feature]) * r["scale"] * row_norm
@@ -394,7 +453,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     log(f"  examples at {shown['scale']:g}x:")
     for p, b, st in list(zip(prompts, base, shown["answers"]))[:3]:
         log(f"  Q: {p}\n    unsteered: {b.strip()[:150]!r}\n    steered:   {st.strip()[:150]!r}")
-    inactive = _inactive(model, tok, sae, best.feature, concept, budget, log)
+    inactive = _inactive(concept, asking, ablations, inactive_answers, log)
     # Strategy 1 on the page: token by token, on texts that name the concept, describe it, or
     # translate it, and on unrelated texts; and the feature's top examples over the labelled corpus.
     described = list(concept.phrasings.get("described (no name)", ()))
@@ -418,6 +477,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
         "per_language": {lang[g]: r for g, r in best.group_frequency.items() if g in lang},
         "architecture": sae.activation, "d_sae": sae.d_sae,
         "train_tokens": int(sae.metadata.get("train_tokens", 0)),
+        "l1": sae.metadata.get("l1"),
         "sae_evaluation": sae.metadata.get("demo_evaluation"),
         "pos_frequency": best.pos_frequency, "neg_frequency": best.neg_frequency,
         "pos_token_coverage": best.pos_coverage, "neg_token_coverage": best.neg_coverage, "top_tokens": best.top_tokens,
@@ -444,37 +504,49 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     }
 
 
-def _inactive(model, tok, sae, feature: int, concept: Concept, budget: Budget, log: Callable[[str], None]) -> Dict:
-    """The inactive side of strategy 2: questions about the concept answered with its feature
-    clamped to 0, and to -2x its maximum, against the unsteered answers. The clamp reported as
-    the ablation is the one that lowers mentions most while the answers keep 3/4 of the
-    unsteered distinct-word share (a clamp that silences the concept by breaking the model shows
-    as repetition); 0 if neither does."""
-    asking = list(concept.asking[:max(2, budget.prompts // 4)])
-    base = generate(model, tok, asking, max_new_tokens=budget.answer_tokens)
+def _ablations(feature: int, matches: Sequence[int]) -> List[Dict]:
+    """The inactive clamps: the feature at each of INACTIVE x its max, and the search's top
+    features (those with AUROC >= 0.95) together at 0: a concept an SAE splits over several
+    latents - its name's tokens, its description - may survive the loss of one."""
+    out = [{"scale": sc, "features": [feature], "clamp": {feature: ("max", sc)},
+            "label": f"feature {feature} at {sc:g}x max"} for sc in INACTIVE]
+    group = list(dict.fromkeys([feature, *matches]))
+    if len(group) > 1:
+        out.append({"scale": 0.0, "features": group, "clamp": {f: 0.0 for f in group},
+                    "label": f"{len(group)} features at 0 (" + ", ".join(map(str, group)) + ")"})
+    return out
+
+
+def _inactive(concept: Concept, asking: Sequence[str], ablations: Sequence[Dict], answers: Sequence[Sequence[str]],
+              log: Callable[[str], None]) -> Dict:
+    """The inactive side of strategy 2: the answers to questions about the concept, unsteered and
+    under each of ``ablations`` (``answers``, in that order). The clamp reported as the ablation
+    is the one that lowers mentions most while the answers keep 3/4 of the unsteered
+    distinct-word share (a clamp that silences the concept by breaking the model shows as
+    repetition), the one with fewer features on a tie; the first if none does."""
+    base = answers[0]
     unsteered = {"mention_rate": concept.mention_rate(base), "weak_mention_rate": concept.mention_rate(base, False),
                  "distinct_words": distinct_words(base), "answers": base}
-    clamps = []
-    for clamp in (0.0, -2.0):
-        ans = _steered_answers(model, tok, sae, feature, clamp, asking, budget)
-        clamps.append({"scale": clamp, "mention_rate": concept.mention_rate(ans),
-                       "weak_mention_rate": concept.mention_rate(ans, False), "distinct_words": distinct_words(ans),
-                       "answers": ans})
+    clamps = [{"scale": a["scale"], "features": a["features"], "label": a["label"],
+               "mention_rate": concept.mention_rate(ans), "weak_mention_rate": concept.mention_rate(ans, False),
+               "distinct_words": distinct_words(ans), "answers": ans} for a, ans in zip(ablations, answers[1:])]
     fluent = [c for c in clamps if c["distinct_words"] >= 0.75 * unsteered["distinct_words"]]
-    used = min(fluent, key=lambda c: (c["mention_rate"], -c["scale"])) if fluent else clamps[0]
+    used = min(fluent, key=lambda c: (c["mention_rate"], -c["scale"], len(c["features"]))) if fluent else clamps[0]
     log(f"  inactive: on {len(asking)} questions about {concept.name}, unsteered {unsteered['mention_rate']:.0%} "
         f"mention it (weak rule {unsteered['weak_mention_rate']:.0%}, distinct words {unsteered['distinct_words']:.0%}), "
-        + ", ".join(f"clamped to {c['scale']:g}x max {c['mention_rate']:.0%} (weak rule {c['weak_mention_rate']:.0%}, "
+        + ", ".join(f"{c['label']}: {c['mention_rate']:.0%} (weak rule {c['weak_mention_rate']:.0%}, "
                     f"distinct words {c['distinct_words']:.0%})" for c in clamps)
-        + f"; the ablation reported: {used['scale']:g}x")
-    return {"prompts": asking, "scale": used["scale"], "baseline_mention_rate": unsteered["mention_rate"],
-            "ablated_mention_rate": used["mention_rate"], "unsteered": unsteered, "clamps": clamps}
+        + f"; the ablation reported: {used['label']}")
+    return {"prompts": asking, "scale": used["scale"], "features": used["features"], "label": used["label"],
+            "baseline_mention_rate": unsteered["mention_rate"], "ablated_mention_rate": used["mention_rate"],
+            "unsteered": unsteered, "clamps": clamps}
 
 
 def run(concepts: Sequence[str] = ("Golden Gate Bridge",), *, scale: float = 10.0, sweep: Sequence[float] = (),
         prompts: Optional[Sequence[str]] = None, budget: str = "full", architecture: str = "relu",
         corpus: Optional[str] = None, train_tokens: Optional[int] = None, d_sae: Optional[int] = None,
-        seed: int = 0, cache_dir: Optional[str] = None, log: Callable[[str], None] = print) -> List[Dict]:
+        l1: Optional[float] = None, seed: int = 0, cache_dir: Optional[str] = None,
+        log: Callable[[str], None] = print) -> List[Dict]:
     for name in concepts:
         if name not in CONCEPTS:
             raise ValueError(f"concept: expected one of {list(CONCEPTS)}, got {name!r}")
@@ -486,6 +558,12 @@ def run(concepts: Sequence[str] = ("Golden Gate Bridge",), *, scale: float = 10.
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
             b = replace(b, **{name: value})
+    if l1 is not None:
+        if architecture != "relu":
+            raise ValueError(f"l1: only the relu architecture takes an L1 coefficient, got architecture {architecture!r}")
+        if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not l1 > 0 or math.isinf(l1):
+            raise ValueError(f"l1: expected a finite number > 0, got {l1!r}")
+        b = replace(b, relu_l1=float(l1))
     model, tok, sae, train_rows, held = prepare(b, architecture=architecture, seed=seed, cache_dir=cache_dir,
                                                 corpus=corpus, log=log)
     return [run_concept(model, tok, sae, held, CONCEPTS[name], b, scale=scale, sweep=sweep, prompts=prompts,

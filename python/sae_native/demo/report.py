@@ -138,7 +138,7 @@ def _cards(r: Dict) -> str:
          f"mention it (weak rule {_pct(best['weak_mention_rate'])}); perplexity {best['median_perplexity']:.1f}, "
          f"distinct words {_pct(best['distinct_words'])}"),
         ("Inactive", f"{_pct(inactive['baseline_mention_rate'])} &rarr; {_pct(inactive['ablated_mention_rate'])}",
-         f"of answers to questions about it mention it, feature clamped to {inactive['scale']:g}x its max"),
+         f"of answers to questions about it mention it, with {_e(_clamp_label(inactive))}"),
         (f"SAE: {_e(r['architecture'])}, {r['d_sae']} latents", f"FVU {_num(ev.get('fvu'), 3)}",
          f"L0 {_num(ev.get('l0'), 1)}, dead {_pct(ev.get('dead_fraction'))}, CE loss recovered "
          f"{_num(ev.get('ce_loss_recovered'), 3)}; trained on {r['train_tokens']:,} tokens"),
@@ -196,10 +196,15 @@ def _sweep_table(r: Dict) -> str:
             + "".join(rows) + "</table>")
 
 
+def _clamp_label(c: Dict) -> str:
+    # (records written before the multi-feature ablation carry no label)
+    return c.get("label") or f"clamped to {c['scale']:g}x max"
+
+
 def _inactive(r: Dict) -> str:
     ina = r["inactive"]
     head = ["question", f"unsteered ({_pct(ina['unsteered']['mention_rate'])} mention it)"] + [
-        f"clamped to {c['scale']:g}x max ({_pct(c['mention_rate'])})" for c in ina["clamps"]]
+        f"{_clamp_label(c)} ({_pct(c['mention_rate'])})" for c in ina["clamps"]]
     rows = []
     for i, q in enumerate(ina["prompts"]):
         cells = [q, ina["unsteered"]["answers"][i]] + [c["answers"][i] for c in ina["clamps"]]

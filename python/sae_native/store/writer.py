@@ -46,8 +46,9 @@ def _clean(out: str, keep: Sequence[str]) -> None:
 
 def write_store(model: torch.nn.Module, sites: Union[str, Sequence[str]], batches: Iterable, out, *,
                 dtype: torch.dtype = torch.bfloat16, shard_tokens: Optional[int] = None, skip_first: int = 1,
-                exclude_token_ids: Sequence[int] = (), source: Optional[dict] = None, overwrite: bool = False,
-                progress: bool = True, total: Optional[int] = None) -> dict:
+                exclude_token_ids: Sequence[int] = (), max_norm_ratio: Optional[float] = None,
+                source: Optional[dict] = None, overwrite: bool = False, progress: bool = True,
+                total: Optional[int] = None) -> dict:
     """Runs ``model`` on every item of ``batches`` (token ids ``[batch, seq]`` or dicts of model
     inputs; padding, attention_mask 0, is left out) and stores the activations at ``sites`` in
     folder ``out``; returns the manifest.
@@ -55,12 +56,16 @@ def write_store(model: torch.nn.Module, sites: Union[str, Sequence[str]], batche
     ``dtype``: float32, bfloat16 or float16 on disk. ``shard_tokens``: tokens per shard (default:
     about 256 MB per shard); shards end at batch boundaries. ``skip_first`` leaves out each
     sequence's first positions (BOS / attention-sink outliers); ``exclude_token_ids`` leaves out
-    positions holding those tokens (pad, BOS, EOS). ``source`` describes what ``batches`` come from
+    positions holding those tokens (pad, BOS, EOS). ``max_norm_ratio`` leaves out positions whose
+    activation norm, at any site, is above that multiple of the median over the batch's other
+    kept positions: massive activations (in SmolLM2's middle layers about 1 token in 1000 has
+    100x the usual norm and holds most of the variance, so a squared-error loss would spend the
+    SAE on them). ``source`` describes what ``batches`` come from
     (model, corpus, tokenization): a rerun into the same folder with the same source and settings
     resumes where the last complete shard ended, skipping the batches it holds (so ``batches`` must
     come in the same order); a different one is refused unless ``overwrite``. The forward stops
     at the deepest site: later layers are not computed."""
-    from ..hooks import SiteCapture
+    from ..hooks import SiteCapture, check_max_norm_ratio, within_norm_ratio
 
     sites = _check_sites(sites)
     if dtype not in shards.DTYPES:
@@ -71,7 +76,10 @@ def write_store(model: torch.nn.Module, sites: Union[str, Sequence[str]], batche
     if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
         raise ValueError(f"skip_first: expected an int >= 0, got {skip_first!r}")
     source = dict(source or {})
+    max_norm_ratio = check_max_norm_ratio(max_norm_ratio)
     settings = {"skip_first": skip_first, "exclude_token_ids": sorted(int(t) for t in exclude_token_ids)}
+    if max_norm_ratio is not None:               # (only when set: stores written before it resume as they were)
+        settings["max_norm_ratio"] = float(max_norm_ratio)
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise FileExistsError(f"out: {out!r} exists and is not a folder")
@@ -128,6 +136,9 @@ def write_store(model: torch.nn.Module, sites: Union[str, Sequence[str]], batche
                 t0 = time.perf_counter()
                 captured = capture(inputs)
                 keep = _keep_mask(inputs, ids.shape, skip_first, settings["exclude_token_ids"])
+                if max_norm_ratio is not None:
+                    for acts in captured.values():     # (at every site: the sites' rows stay aligned)
+                        keep = keep & within_norm_ratio(acts, max_norm_ratio, keep).cpu()
                 for s in sites:
                     pending[s].append(captured[s].cpu()[keep].to(dtype))
                 forward_s += time.perf_counter() - t0

@@ -14,7 +14,7 @@ DENSE_FREQUENCY = 0.1
 
 
 def evaluate(sae, activations, *, batch_size: int = 4096, model: Optional[nn.Module] = None, site=None,
-             token_batches: Optional[Iterable] = None) -> Dict[str, float]:
+             token_batches: Optional[Iterable] = None, max_norm_ratio: Optional[float] = None) -> Dict[str, float]:
     """Metrics of ``sae`` on ``activations`` (a tensor [N, d_in], an sn.ActivationStore, or an
     iterable of such batches):
 
@@ -25,7 +25,8 @@ def evaluate(sae, activations, *, batch_size: int = 4096, model: Optional[nn.Mod
     than 10% of tokens), ``tokens``.
 
     With ``model``, ``site`` and ``token_batches`` (held-out texts, as for ``ce_loss_recovered``)
-    also ``ce_loss_score``, ``kl_div_score`` and the losses behind them (see there)."""
+    also ``ce_loss_score``, ``kl_div_score`` and the losses behind them (see there; with
+    ``max_norm_ratio`` the massive activations pass through unspliced)."""
     from ..store import ActivationStore
     if (model is None) != (site is None) or (model is None) != (token_batches is None):
         raise ValueError("model, site, token_batches: give all three (for the CE / KL metrics) or none")
@@ -66,20 +67,23 @@ def evaluate(sae, activations, *, batch_size: int = 4096, model: Optional[nn.Mod
            "l0": l0 / n, "l1": l1 / n, "dead_fraction": float((fired == 0).double().mean()),
            "dense_fraction": float((fired / n > DENSE_FREQUENCY).double().mean()), "tokens": n}
     if model is not None:
-        lm = ce_loss_recovered(model, site, sae, token_batches)
+        lm = ce_loss_recovered(model, site, sae, token_batches, max_norm_ratio=max_norm_ratio)
         out.update(ce_loss_score=lm["recovered"], kl_div_score=lm["kl_recovered"],
                    ce_loss_without_sae=lm["clean"], ce_loss_with_sae=lm["spliced"], ce_loss_with_ablation=lm["zero"],
                    kl_div_with_sae=lm["kl_spliced"], kl_div_with_ablation=lm["kl_zero"])
     return out
 
 
-def ce_loss_recovered(model: nn.Module, site, sae, token_batches: Iterable) -> Dict[str, float]:
+def ce_loss_recovered(model: nn.Module, site, sae, token_batches: Iterable, *,
+                      max_norm_ratio: Optional[float] = None) -> Dict[str, float]:
     """Next-token cross-entropy of ``model`` clean, with the SAE's reconstruction spliced in at
     ``site``, and with the activation zero-ablated, per target token; ``recovered`` = (zero -
     spliced) / (zero - clean): 1 is a perfect SAE, 0 no better than deleting the activation.
     ``kl_spliced`` and ``kl_zero`` are the mean KL divergences of the clean next-token
     distribution from the spliced and the ablated ones, ``kl_recovered`` = 1 - kl_spliced /
-    kl_zero (SAELens's kl_div_score)."""
+    kl_zero (SAELens's kl_div_score). ``max_norm_ratio``: positions whose norm is above that
+    multiple of the forward's median keep their activation in the spliced run (sn.splice's
+    option), for an SAE trained without massive activations."""
     from ..hooks import resolve_site, split_output, splice
 
     module = resolve_site(model, site)
@@ -103,7 +107,7 @@ def ce_loss_recovered(model: nn.Module, site, sae, token_batches: Iterable) -> D
 
             targets = ids[:, 1:][target_mask].to(torch.int64)
             clean = log_probs(model(**inputs).logits)
-            with splice(model, site, sae):
+            with splice(model, site, sae, max_norm_ratio=max_norm_ratio):
                 spliced = log_probs(model(**inputs).logits)
             handle = module.register_forward_hook(zero_hook)
             try:
