@@ -62,6 +62,8 @@ def test_evaluate_argument_errors():
         sn.evaluate(sae, torch.randn(4, 7), batch_size=0)
     with pytest.raises(ValueError, match="model, site, token_batches: give all three"):
         sn.evaluate(sae, torch.randn(4, 7), model=torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="max_norm_ratio: expected a finite number >= 1 or None"):
+        sn.evaluate(sae, torch.randn(4, 7), max_norm_ratio=0.5)
 
 
 def test_ce_and_kl_scores_against_a_direct_computation():

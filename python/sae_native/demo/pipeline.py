@@ -46,9 +46,9 @@ class Budget:
 
 BUDGETS = {
     # (relu: sn.train's default rate, 2e-4 at 16384 latents, is made for long runs; in this one pass
-    # over 1.1M tokens it left L0 near 300 at L1 5, and a penalty strong enough to bring it down
-    # killed 10% of the latents and the FVU. Five times the rate reached L0 92, FVU 0.35 in 400
-    # steps: docs/demo.md.)
+    # over 1.1M tokens it still had L0 1058 a quarter of the way through at L1 5, and L1 15 ended
+    # with 12% of the latents dead and FVU 0.80. Five times the rate reached L0 92, FVU 0.35 in 400
+    # steps, and L0 33, FVU 0.28 over the run: docs/demo.md.)
     "full": Budget(48, 8, 40, 80, 1_000_000, 160, 16384, 32, 1024, 1000, 40, 24, 0.25, relu_l1=5.0, relu_lr=1e-3),
     "small": Budget(4, 2, 4, 24, 3_000, 24, 256, 8, 256, 100, 10, 4, 0.25),
 }
@@ -325,9 +325,9 @@ def _peak(row: Dict) -> float:
 
 
 class _RowClamps(hooks.SiteHook):
-    """One feature clamped to a different value in each block of a batch's rows (None: left as
-    it is), so that a whole sweep, its unsteered answers and the inactive clamps come from one
-    batched generate: the model's weights are read once per token for all of them, not once per
+    """A different clamp in each block of a batch's rows (None: the block is left as it is), so
+    that a whole sweep, its unsteered answers and the inactive clamps come from one batched
+    generate: the model's weights are read once per token for all of them, not once per
     scale. Each block gets what ``sn.steer(model, SITE, sae, clamp)`` would give it alone."""
 
     def __init__(self, model, sae, clamps: Sequence, rows: Sequence[int]):
@@ -400,7 +400,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     scales = sorted({float(scale), *map(float, sweep)})
     asking = list(concept.asking[:max(2, budget.prompts // 4)])
     # Every answer the report shows, in one batched generate: unsteered and at every scale on
-    # the unrelated prompts, and unsteered and clamped to 0 and -2x on the concept's questions.
+    # the unrelated prompts, and unsteered and under each inactive clamp on the concept's questions.
     ablations = _ablations(best.feature, [m.feature for m in matches if m.auroc >= 0.95])
     sets = ([(prompts, None)] + [(prompts, {best.feature: ("max", sc)}) for sc in scales] + [(asking, None)]
             + [(asking, a["clamp"]) for a in ablations])

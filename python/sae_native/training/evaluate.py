@@ -27,7 +27,9 @@ def evaluate(sae, activations, *, batch_size: int = 4096, model: Optional[nn.Mod
     With ``model``, ``site`` and ``token_batches`` (held-out texts, as for ``ce_loss_recovered``)
     also ``ce_loss_score``, ``kl_div_score`` and the losses behind them (see there; with
     ``max_norm_ratio`` the massive activations pass through unspliced)."""
+    from ..hooks import check_max_norm_ratio
     from ..store import ActivationStore
+    check_max_norm_ratio(max_norm_ratio)
     if (model is None) != (site is None) or (model is None) != (token_batches is None):
         raise ValueError("model, site, token_batches: give all three (for the CE / KL metrics) or none")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
