@@ -264,8 +264,7 @@ def _evaluation(model, tok, sae, texts: Sequence[str], store, sae_dir: str, log:
         # measures those few. The SAE trains without them (_store); the FVU and L0 leave them out
         # too (how many is reported, and the all-token FVU beside it), and the CE loss splices the
         # reconstruction into every other token, the massive ones passing through as they are.
-        norms = acts.norm(dim=-1)
-        keep = norms <= MASSIVE * norms.median()
+        keep = hooks.within_norm_ratio(acts, MASSIVE)
         full = evaluate(sae, acts[keep], model=model, site=SITE, max_norm_ratio=MASSIVE,
                         token_batches=list(token_batches(tok, texts, seq_len=128, batch_size=8)))
         # (dead: no activation over up to 262k training tokens; a few thousand held-out tokens
