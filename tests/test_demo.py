@@ -7,13 +7,15 @@ import pytest
 import smollm2
 from browser import rendered
 from sae_native.cli import main
+from sae_native.demo.direction import RATIOS
 
 pytestmark = pytest.mark.skipif(bool(smollm2.available()), reason=smollm2.available() or "available")
 
 FIELDS = {"concept", "feature", "selectivity_auroc", "baseline_mention_rate", "steered_mention_rate", "coherence",
           "examples", "baseline_weak_mention_rate", "steered_weak_mention_rate", "mention_rule", "group_frequency",
           "inactive", "loose_mention_rate", "best_scale", "best_scale_mention_rate", "architecture", "d_sae",
-          "train_tokens", "unnamed_auroc", "per_language", "html", "sae_evaluation", "token_activations", "l1"}
+          "train_tokens", "unnamed_auroc", "per_language", "html", "sae_evaluation", "token_activations", "l1",
+          "concept_direction"}
 
 
 def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
@@ -68,6 +70,19 @@ def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
             assert 0.0 <= row["mention_rate"] <= 1.0 and 0.0 <= row["weak_mention_rate"] <= 1.0
             assert len(row["answers"]) == len(ina["prompts"]) >= 2
         assert r["feature_search"] in ("consistency", "named texts (fallback)")
+        # the reference: the concept's own direction, read on every phrasing group and added at each ratio
+        ref = r["concept_direction"]
+        assert [row["ratio"] for row in ref["sweep"]] == list(RATIOS) and ref["norm"] > 0
+        assert set(ref["auroc"]) == set(ref["auroc_mean"]) == set(r["group_frequency"])
+        assert all(0.0 <= v <= 1.0 for v in [*ref["auroc"].values(), *ref["auroc_mean"].values()])
+        assert ref["best_mention_rate"] == max(row["mention_rate"] for row in ref["sweep"])
+        assert ref["best_coherent_mention_rate"] == max(
+            [row["mention_rate"] for row in ref["sweep"] if row["coherent"]], default=None)
+        for row in ref["sweep"]:
+            assert row["coherent"] == (row["median_perplexity"] <= 4 * r["coherence"]["median_perplexity_unsteered"]
+                                       and row["distinct_words"] >= 0.75 * r["coherence"]["distinct_words_unsteered"])
+        assert ref["texts"]["concept"] >= 1 and ref["texts"]["other"] >= 1
+        assert len(ref["examples"]["answers"]) == len(r["examples"]) and ref["examples"]["ratio"] in RATIOS
         assert r["residual_norm_median"] > 0 and r["clamp_norm"] > 0
         assert [row["scale"] for row in r["sweep"]] == [float(s) for s in range(1, 11)]     # 1x to 10x by default
         norms = [row["clamp_norm"] for row in r["sweep"]]
@@ -83,6 +98,7 @@ def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
         assert part.count('<circle class="point strict"') == len(r["sweep"]) == 10
         assert len(re.findall(r"<tr>", part.split('class="answers"')[1].split("</table>")[0])) == 1 + 4
         assert f"feature {r['feature']} on every token" in part
+        assert len(re.findall(r"<tr>", part.split('class="direction"')[1].split("</table>")[0])) == 1 + len(RATIOS)
     # the second run reuses the cached corpus and SAE
     assert main(["demo", "--budget", "small", "--cache", str(tmp_path / "cache"), "--prompt", "Who are you?"]) == 0
     assert "SAE: loaded from" in capsys.readouterr().out

@@ -45,6 +45,15 @@ def record(concept="Golden Gate Bridge", scale=10.0, best=3.0):
         "examples": [{"prompt": p, "unsteered": f"plain {i}", "steered": f"bridge {i}"} for i, p in enumerate(prompts)],
         "best_scale_examples": {"scale": best, "answers": [{"prompt": p, "steered": f"best {i}"}
                                                            for i, p in enumerate(prompts)]},
+        "concept_direction": {
+            "method": "mean difference <b>", "norm": 27.0, "texts": {"concept": 36, "other": 240},
+            "auroc": {"named (held-out corpus)": 0.99, "described (no name)": 0.85},
+            "auroc_mean": {"named (held-out corpus)": 0.98, "described (no name)": 0.97},
+            "sweep": [{"ratio": r, "mention_rate": m, "weak_mention_rate": 0.5, "median_perplexity": p,
+                       "distinct_words": 0.7, "coherent": c}
+                      for r, m, p, c in ((0.25, 0.0, 3.0, True), (0.5, 0.21, 13.0, False), (1.0, 0.0, 27.0, False))],
+            "best_mention_rate": 0.21, "best_coherent_mention_rate": 0.0,
+            "examples": {"ratio": 0.5, "answers": [{"prompt": p, "steered": f"along {i}"} for i, p in enumerate(prompts)]}},
         "token_activations": {
             "named": [tok(["The", " Golden", " Gate"], [0.0, 4.0, 2.0])],
             "described": [tok(["orange", " bridge"], [1.0, 0.0])],
@@ -88,9 +97,19 @@ def test_page_renders_every_part_with_the_numbers(tmp_path):
     # the cards carry the headline numbers
     assert "AUROC 0.990" in first and "100% → 25%" in first and "FVU 0.200" in first and "1,000,000 tokens" in first
     assert "with 2 features at 0 (42, 7)" in first
+    # the concept direction: a row per strength, its AUROCs, its answers, and a card
+    direction = first.split('class="direction"')[1].split("</table>")[0]
+    assert len(re.findall(r"<tr", direction)) == 1 + 3 and ">0.5x<" in direction and ">21%<" in direction
+    assert "described (no name) 0.85 / 0.97" in first and "mean difference &lt;b&gt;" in first
+    assert "along 2" in first.split('class="direction-answers"')[1] and "at most 21%" in first
+    assert "Concept direction (reference)" in first and "0% at a coherent strength" in first
     # when the best scale is the headline scale the extra column goes
     second = dom.split('data-concept="cats"')[1]
     assert "(best coherent)" not in second.split('class="answers"')[1].split("</table>")[0]
+    # a record from before the concept direction was measured has no such section
+    old = record("cats")
+    del old["concept_direction"]
+    assert 'class="direction"' not in report.render([old]) and "Concept direction" not in report.render([old])
 
 
 def test_page_is_self_contained_and_escapes_text(tmp_path):
@@ -249,7 +268,7 @@ def test_feature_maxima_are_cached_per_text_list(smol, tmp_path, monkeypatch):
 def test_answer_sets_match_one_set_at_a_time(smol):
     """A sweep in one batched generate (each block of rows with its own clamp) gives every set the
     answers it gets alone under sn.steer, and the unsteered sets those of the bare model."""
-    from sae_native import stats
+    from sae_native import hooks, stats
     from sae_native.demo.corpus import generate
     from sae_native.demo.pipeline import SITE, _RowClamps, answer_sets
     model, tok = smol
@@ -270,6 +289,18 @@ def test_answer_sets_match_one_set_at_a_time(smol):
                 want = generate(model, tok, prompts, max_new_tokens=tokens)
         assert answers == want, (clamp, prompts)
     assert got[2] != got[0]          # (the clamp changes the answers: a hook that did nothing fails)
+    # a vector edit adds the vector at SITE on every position, as a plain forward hook does
+    vector = torch.randn(576, generator=torch.Generator().manual_seed(2)) * 60
+    with_vector = answer_sets(model, tok, sae, [(unrelated, None), (unrelated, vector)], max_new_tokens=tokens)
+
+    def add(module, inputs, output):
+        return (output[0] + vector,) + tuple(output[1:]) if isinstance(output, tuple) else output + vector
+    handle = hooks.resolve_site(model, SITE).register_forward_hook(add)
+    try:
+        assert with_vector[1] == generate(model, tok, unrelated, max_new_tokens=tokens)
+    finally:
+        handle.remove()
+    assert with_vector[0] == got[0] and with_vector[1] != got[0]
     with pytest.raises(RuntimeError, match="expected a batch of 3 rows"), \
             _RowClamps(model, sae, [None, {feature: ("max", 1.0)}], [1, 2]):
         model(**tok(["one row only"], return_tensors="pt"))
@@ -284,3 +315,34 @@ def test_inactive_clamps():
     assert got[0]["clamp"] == {7: ("max", 0.0)} and got[1]["clamp"] == {7: ("max", -2.0)}
     assert got[2]["clamp"] == {7: 0.0, 3: 0.0, 9: 0.0} and got[2]["label"] == "3 features at 0 (7, 3, 9)"
     assert [a["features"] for a in _ablations(7, [7])] == [[7], [7]]
+
+
+def test_concept_direction_and_its_aurocs(smol):
+    """The direction is the unit mean difference of the site's activations (first token and padding
+    left out, batched as one text at a time); its AUROCs score each text by its peak and its mean
+    projection; empty or one-token text lists are named errors."""
+    from sae_native.demo.direction import concept_direction, direction_aurocs, per_text_activations
+    from sae_native.demo.pipeline import SITE, site_activations
+    model, tok = smol
+    bridge = ["The Golden Gate Bridge is orange.", "Fog hides the Golden Gate Bridge towers in San Francisco."]
+    other = ["Cats sleep a lot", TEXTS[3], "Pizza is baked in a hot oven."]
+    rows = per_text_activations(model, tok, SITE, other + bridge, batch_size=2)
+    for text, got in zip(other + bridge, rows):      # (layer 15's output is hidden state 16)
+        with torch.no_grad():
+            alone = model(**tok(text, return_tensors="pt"), output_hidden_states=True).hidden_states[16][0, 1:]
+        torch.testing.assert_close(got, alone.float(), rtol=1e-4, atol=1e-3)
+    unit, norm = concept_direction(model, tok, SITE, bridge, other)
+    diff = site_activations(model, tok, bridge).float().mean(0) - site_activations(model, tok, other).float().mean(0)
+    torch.testing.assert_close(unit, diff / diff.norm(), rtol=1e-4, atol=1e-4)
+    assert norm == pytest.approx(float(diff.norm()), rel=1e-4) and float(unit.norm()) == pytest.approx(1.0)
+    aurocs = direction_aurocs(model, tok, SITE, unit, {"named": bridge, "empty": []}, other)
+    assert set(aurocs) == {"peak", "mean"} and set(aurocs["peak"]) == set(aurocs["mean"]) == {"named"}
+    assert aurocs["mean"]["named"] == 1.0          # (its own texts, by construction of the direction)
+    flipped = direction_aurocs(model, tok, SITE, -unit, {"named": bridge}, other)
+    assert flipped["mean"]["named"] == 0.0
+    with pytest.raises(ValueError, match="concept_texts: expected at least one text"):
+        concept_direction(model, tok, SITE, [], other)
+    with pytest.raises(ValueError, match="other_texts: expected at least one text"):
+        concept_direction(model, tok, SITE, bridge, [])
+    with pytest.raises(ValueError, match="at least two tokens"):
+        concept_direction(model, tok, SITE, ["A"], other)

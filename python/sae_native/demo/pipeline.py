@@ -21,6 +21,8 @@ from ..loading import load as load_sae
 from ..training import train
 from .concepts import BULK_TEMPLATES, BULK_TOPICS, CONCEPTS, OTHER_TOPICS, PROMPTS, TEMPLATES, Concept
 from .corpus import build_corpus, chat_prompt, generate, read_texts, writer_model
+from .direction import RATIOS as DIRECTION_RATIOS
+from .direction import concept_direction, direction_aurocs
 
 SITE = "model.layers.15"
 
@@ -324,26 +326,34 @@ def _peak(row: Dict) -> float:
 
 
 class _RowClamps(hooks.SiteHook):
-    """A different clamp in each block of a batch's rows (None: the block is left as it is), so
-    that a whole sweep, its unsteered answers and the inactive clamps come from one batched
-    generate: the model's weights are read once per token for all of them, not once per
-    scale. Each block gets what ``sn.steer(model, SITE, sae, clamp)`` would give it alone."""
+    """A different edit in each block of a batch's rows, so that a whole sweep, its unsteered
+    answers and the inactive clamps come from one batched generate: the model's weights are read
+    once per token for all of them, not once per scale. An edit is None (the block is left as it
+    is), a clamp as ``sn.steer`` takes it (each block gets what ``sn.steer(model, SITE, sae,
+    clamp)`` would give it alone), or a [d_model] tensor added to every position (the concept
+    direction's sweep, see direction.py)."""
 
     def __init__(self, model, sae, clamps: Sequence, rows: Sequence[int]):
-        self.clamps = [None if c is None else sae.parse_clamp(c) for c in clamps]
+        self.clamps = [c if c is None or isinstance(c, torch.Tensor) else sae.parse_clamp(c) for c in clamps]
         self.rows = list(rows)
         super().__init__(model, SITE, sae)
+
+    def _edit(self, hidden, clamp):
+        if clamp is None:
+            return hidden
+        if isinstance(clamp, torch.Tensor):
+            return hidden + clamp.to(hidden.dtype)
+        return self.sae.steer(hidden, clamp)
 
     def on_forward(self, hidden, kwargs):
         if hidden.shape[0] != sum(self.rows):
             raise RuntimeError(f"row clamps: expected a batch of {sum(self.rows)} rows, got {hidden.shape[0]}")
-        return torch.cat([h if c is None else self.sae.steer(h, c)
-                          for h, c in zip(hidden.split(self.rows), self.clamps)])
+        return torch.cat([self._edit(h, c) for h, c in zip(hidden.split(self.rows), self.clamps)])
 
 
 def answer_sets(model, tok, sae, sets: Sequence, *, max_new_tokens: int) -> List[List[str]]:
-    """Greedy answers to each (prompts, clamp) set, the clamp as ``sn.steer`` takes it (None:
-    unsteered), all in one batched generate (see _RowClamps)."""
+    """Greedy answers to each (prompts, edit) set, the edit a clamp as ``sn.steer`` takes it, a
+    vector added at SITE, or None (unsteered), all in one batched generate (see _RowClamps)."""
     questions = [q for prompts, _ in sets for q in prompts]
     with _RowClamps(model, sae, [clamp for _, clamp in sets], [len(prompts) for prompts, _ in sets]):
         answers = generate(model, tok, questions, max_new_tokens=max_new_tokens, batch_size=max(1, len(questions)))
@@ -359,11 +369,25 @@ def _median(values) -> float:
     return v[len(v) // 2] if v else float("nan")
 
 
-def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget: Budget, *, scale: float = 10.0,
-                sweep: Sequence[float] = (), prompts: Optional[Sequence[str]] = None,
-                train_rows: Sequence[dict] = (), log: Callable[[str], None] = print) -> Dict:
+def _coherent(perplexity: float, distinct: float, perplexity_base: float, distinct_base: float) -> bool:
+    # Coherent: perplexity under the unsteered model at most 4x the unsteered answers' (the
+    # issue's bound), and at least 3/4 of their distinct-word share (no collapse into repetition).
+    return bool(perplexity <= 4 * perplexity_base and distinct >= 0.75 * distinct_base)
+
+
+def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget: Budget, *, train_rows: Sequence[dict],
+                scale: float = 10.0, sweep: Sequence[float] = (), prompts: Optional[Sequence[str]] = None,
+                log: Callable[[str], None] = print) -> Dict:
+    """Both strategies for one concept: the feature search on the held-out rows, the sweep and the
+    inactive clamps, and the concept direction (from ``train_rows``) as the reference."""
+    others = {c.topic for c in CONCEPTS.values()}
     pos = [r["text"] for r in held_rows if r["topic"] == concept.topic]
-    neg = [r["text"] for r in held_rows if r["topic"] not in {c.topic for c in CONCEPTS.values()}]
+    neg = [r["text"] for r in held_rows if r["topic"] not in others]
+    train_pos = [r["text"] for r in train_rows if r["topic"] == concept.topic]
+    train_neg = [r["text"] for r in train_rows if r["topic"] not in others]
+    if not train_pos or not train_neg:
+        raise ValueError(f"train_rows: expected texts about {concept.topic!r} and about other topics (for the concept "
+                         f"direction), got {len(train_pos)} and {len(train_neg)}")
     # The concept in every phrasing: the held-out corpus texts (which name it), texts describing
     # it without its name, and in French, Spanish and German. Among the features that separate
     # them from the other texts (AUROC >= 0.95), the one that fires most consistently across the
@@ -401,33 +425,36 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     # Every answer the report shows, in one batched generate: unsteered and at every scale on
     # the unrelated prompts, and unsteered and under each inactive clamp on the concept's questions.
     ablations = _ablations(best.feature, [m.feature for m in matches if m.auroc >= 0.95])
-    sets = ([(prompts, None)] + [(prompts, {best.feature: ("max", sc)}) for sc in scales] + [(asking, None)]
+    # How hard a clamp pushes is the vector it adds against the residual stream it is added to
+    # (where it swamps the stream, the model degenerates rather than talks about the concept);
+    # the concept direction is added at fractions of the same norm.
+    residual = float(site_activations(model, tok, neg[:32]).float().norm(dim=-1).median())
+    unit, diff_norm = concept_direction(model, tok, SITE, train_pos, train_neg)
+    sets = ([(prompts, None)] + [(prompts, {best.feature: ("max", sc)}) for sc in scales]
+            + [(prompts, ratio * residual * unit) for ratio in DIRECTION_RATIOS] + [(asking, None)]
             + [(asking, a["clamp"]) for a in ablations])
     answers = answer_sets(model, tok, sae, sets, max_new_tokens=budget.answer_tokens)
-    base, swept, inactive_answers = answers[0], answers[1:1 + len(scales)], answers[1 + len(scales):]
+    on_prompts = 1 + len(scales) + len(DIRECTION_RATIOS)     # (the sets on the unrelated prompts)
+    base, swept, along = answers[0], answers[1:1 + len(scales)], answers[1 + len(scales):on_prompts]
+    inactive_answers = answers[on_prompts:]
     base_rate, base_weak = concept.mention_rate(base), concept.mention_rate(base, strict=False)
-    # (the perplexities of every set in one batched pass, split back per set)
-    ppls = answer_perplexities(model, tok, prompts * (1 + len(scales)), [a for ans in answers[:1 + len(scales)]
-                                                                          for a in ans], batch_size=32)
+    # (the perplexities of every set on the unrelated prompts in one batched pass, split back per set)
+    ppls = answer_perplexities(model, tok, prompts * on_prompts, [a for ans in answers[:on_prompts] for a in ans],
+                               batch_size=32)
     ppl_base = _median(ppls[:len(prompts)])
     distinct_base = distinct_words(base)
-    table = []
-    for i, (sc, ans) in enumerate(zip(scales, swept), start=1):
-        table.append({"scale": sc, "mention_rate": concept.mention_rate(ans),
-                      "weak_mention_rate": concept.mention_rate(ans, strict=False),
-                      "median_perplexity": _median(ppls[i * len(prompts):(i + 1) * len(prompts)]),
-                      "distinct_words": distinct_words(ans), "answers": ans})
+
+    def row(ans, i):
+        ppl = _median(ppls[i * len(prompts):(i + 1) * len(prompts)])
+        return {"mention_rate": concept.mention_rate(ans), "weak_mention_rate": concept.mention_rate(ans, strict=False),
+                "median_perplexity": ppl, "distinct_words": distinct_words(ans),
+                "coherent": _coherent(ppl, distinct_words(ans), ppl_base, distinct_base), "answers": ans}
+    table = [{"scale": sc, **row(ans, i)} for i, (sc, ans) in enumerate(zip(scales, swept), start=1)]
     main = next(r for r in table if r["scale"] == float(scale))
     target = float(sae.stats.max[best.feature]) * scale
-    # How hard the clamp pushes: the vector it adds, against the residual stream it is added to
-    # (where it swamps the stream, the model degenerates rather than talks about the concept).
-    residual = float(site_activations(model, tok, neg[:32]).float().norm(dim=-1).median())
     row_norm = float(sae.W_dec[best.feature].float().norm())
     for r in table:
         r["clamp_norm"] = float(sae.stats.max[best.feature]) * r["scale"] * row_norm
-        # Coherent: perplexity under the unsteered model at most 4x the unsteered answers' (the
-        # issue's bound), and at least 3/4 of their distinct-word share (no collapse into repetition).
-        r["coherent"] = bool(r["median_perplexity"] <= 4 * ppl_base and r["distinct_words"] >= 0.75 * distinct_base)
     log(f"Strategy 2 - {concept.name}: feature {best.feature} clamped to {scale:g} x its max ({target:.1f}) at {SITE} "
         f"on every token: {main['mention_rate']:.0%} of {len(prompts)} answers mention it, against {base_rate:.0%} "
         f"unsteered; median perplexity under the unsteered model {main['median_perplexity']:.1f} (steered) vs "
@@ -453,6 +480,10 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     for p, b, st in list(zip(prompts, base, shown["answers"]))[:3]:
         log(f"  Q: {p}\n    unsteered: {b.strip()[:150]!r}\n    steered:   {st.strip()[:150]!r}")
     inactive = _inactive(concept, asking, ablations, inactive_answers, log)
+    reference = _direction_record(model, tok, concept, unit, diff_norm, (len(train_pos), len(train_neg)),
+                                  [{"ratio": ratio, **row(ans, i)} for i, (ratio, ans)
+                                   in enumerate(zip(DIRECTION_RATIOS, along), start=1 + len(scales))],
+                                  prompts, {"named (held-out corpus)": pos, **concept.phrasings}, neg, log)
     # Strategy 1 on the page: token by token, on texts that name the concept, describe it, or
     # translate it, and on unrelated texts; and the feature's top examples over the labelled corpus.
     described = list(concept.phrasings.get("described (no name)", ()))
@@ -486,7 +517,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
         "baseline_weak_mention_rate": base_weak, "steered_weak_mention_rate": main["weak_mention_rate"],
         "mention_rule": concept.rule, "group_frequency": best.group_frequency, "feature_search": search,
         "residual_norm_median": residual, "clamp_norm": main["clamp_norm"],
-        "inactive": inactive,
+        "inactive": inactive, "concept_direction": reference,
         "coherence": {"median_perplexity_steered": main["median_perplexity"], "median_perplexity_unsteered": ppl_base,
                       "distinct_words_steered": main["distinct_words"], "distinct_words_unsteered": distinct_base,
                       "measure": "perplexity of each answer under the unsteered model (median over prompts), and the "
@@ -501,6 +532,30 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
         "held_out_texts": {"positive": len(pos), "negative": len(neg)},
         "token_activations": {**shade, "top_examples": top},
     }
+
+
+def _direction_record(model, tok, concept: Concept, unit, diff_norm: float, texts: Sequence[int], table: List[Dict],
+                      prompts: Sequence[str], groups: Dict[str, Sequence[str]], neg: Sequence[str],
+                      log: Callable[[str], None]) -> Dict:
+    """The concept direction's record (see direction.py): its AUROC per phrasing group, and the
+    answers with it added at each of DIRECTION_RATIOS x the stream's median norm (``table``)."""
+    aurocs = direction_aurocs(model, tok, SITE, unit, groups, neg)
+    most = max(table, key=lambda r: (r["mention_rate"], r["weak_mention_rate"], -r["median_perplexity"]))
+    coherent = [r["mention_rate"] for r in table if r["coherent"]]
+    log(f"  reference, the concept's own direction at {SITE} (the mean difference over the labelled texts): AUROC "
+        + ", ".join(f"{g} {aurocs['peak'][g]:.2f}/{aurocs['mean'][g]:.2f}" for g in aurocs["peak"])
+        + " (per text's peak/mean projection); added at "
+        + ", ".join(f"{r['ratio']:g}x the stream: {r['mention_rate']:.0%} (weak rule {r['weak_mention_rate']:.0%}, "
+                    f"perplexity {r['median_perplexity']:.1f})" for r in table))
+    return {"method": f"mean activation at {SITE} over the labelled training texts about {concept.topic}, minus the mean "
+                      f"over those about other topics; added as ratio x the residual stream's median norm",
+            "norm": diff_norm, "texts": {"concept": texts[0], "other": texts[1]},
+            "auroc": aurocs["peak"], "auroc_mean": aurocs["mean"],
+            "sweep": [{k: v for k, v in r.items() if k != "answers"} for r in table],
+            "best_mention_rate": most["mention_rate"],
+            "best_coherent_mention_rate": max(coherent) if coherent else None,
+            "examples": {"ratio": most["ratio"], "answers": [{"prompt": p, "steered": a}
+                                                             for p, a in zip(prompts, most["answers"])]}}
 
 
 def _ablations(feature: int, matches: Sequence[int]) -> List[Dict]:

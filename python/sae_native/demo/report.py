@@ -139,6 +139,12 @@ def _cards(r: Dict) -> str:
          f"distinct words {_pct(best['distinct_words'])}"),
         ("Inactive", f"{_pct(inactive['baseline_mention_rate'])} &rarr; {_pct(inactive['ablated_mention_rate'])}",
          f"of answers to questions about it mention it, with {_e(_clamp_label(inactive))}"),
+        *([("Concept direction (reference)", _pct(r["concept_direction"]["best_mention_rate"]),
+            "of answers mention it at most, with the concept's own direction added at "
+            + ", ".join(f"{row['ratio']:g}" for row in r["concept_direction"]["sweep"]) + "x the stream"
+            + (f" ({_pct(r['concept_direction']['best_coherent_mention_rate'])} at a coherent strength)"
+               if r["concept_direction"].get("best_coherent_mention_rate") is not None else " (none coherent)"))]
+          if r.get("concept_direction") else []),
         (f"SAE: {_e(r['architecture'])}, {r['d_sae']} latents", f"FVU {_num(ev.get('fvu'), 3)}",
          f"L0 {_num(ev.get('l0'), 1)}, dead {_pct(ev.get('dead_fraction'))}, CE loss recovered "
          f"{_num(ev.get('ce_loss_recovered'), 3)}; trained on {r['train_tokens']:,} tokens"),
@@ -196,6 +202,32 @@ def _sweep_table(r: Dict) -> str:
             + "".join(rows) + "</table>")
 
 
+def _direction(r: Dict) -> str:
+    """The concept direction's section (records written before it was measured have none)."""
+    ref = r.get("concept_direction")
+    if not ref:
+        return ""
+    head = ["added at (x the stream's median norm)", "strict", "weak", "median perplexity", "distinct words", "coherent"]
+    rows = []
+    for row in ref["sweep"]:
+        cells = [f"{row['ratio']:g}x", _pct(row["mention_rate"]), _pct(row["weak_mention_rate"]),
+                 _num(row["median_perplexity"], 1), _pct(row["distinct_words"]), "yes" if row["coherent"] else "no"]
+        rows.append("<tr>" + "".join(f'<td class="num">{_e(c)}</td>' for c in cells) + "</tr>")
+    aurocs = ", ".join(f"{_e(g)} {_num(v, 2)} / {_num(ref['auroc_mean'].get(g), 2)}" for g, v in ref["auroc"].items())
+    examples = ref["examples"]
+    answers = "".join(f"<tr><td>{_e(a['prompt'])}</td><td>{_e(a['steered'])}</td></tr>" for a in examples["answers"][:4])
+    return (f'<h3>Reference: the concept\'s own direction</h3><p class="legend">What any single direction at this site '
+            f'can do, for comparison with the feature: {_e(ref["method"])} ({ref["texts"]["concept"]} and '
+            f'{ref["texts"]["other"]} texts). AUROC by its peak / mean projection per text: {aurocs}. Added to every '
+            f'token, at most {_pct(ref["best_mention_rate"])} of the answers mention the concept (strict rule)'
+            + (f", {_pct(ref['best_coherent_mention_rate'])} at a coherent strength"
+               if ref.get("best_coherent_mention_rate") is not None else ", none of them at a coherent strength")
+            + '.</p><table class="direction"><tr>' + "".join(f'<th class="num">{_e(h)}</th>' for h in head) + "</tr>"
+            + "".join(rows) + "</table>"
+            + f'<table class="direction-answers"><tr><th>question</th><th>with the direction at '
+              f'{examples["ratio"]:g}x the stream</th></tr>{answers}</table>')
+
+
 def _clamp_label(c: Dict) -> str:
     # (records written before the multi-feature ablation carry no label)
     return c.get("label") or f"clamped to {c['scale']:g}x max"
@@ -226,6 +258,7 @@ def render(results: Sequence[Dict], *, title: str = "The Golden Gate experiment 
             + chart(r["sweep"], headline=r["scale"], best=r["best_scale"],
                     best_label="best coherent" if r.get("best_scale_coherent", True) else "best (none coherent)") + _sweep_table(r)
             + "<h4>Answers side by side</h4>" + _answers_table(r)
+            + _direction(r)
             + "<h4>The inactive direction: questions about it, the feature clamped to 0 or below</h4>" + _inactive(r)
             + "</section>")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + _e(title) + "</title>"
