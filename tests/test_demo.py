@@ -15,7 +15,7 @@ FIELDS = {"concept", "feature", "selectivity_auroc", "baseline_mention_rate", "s
           "examples", "baseline_weak_mention_rate", "steered_weak_mention_rate", "mention_rule", "group_frequency",
           "inactive", "loose_mention_rate", "best_scale", "best_scale_mention_rate", "architecture", "d_sae",
           "train_tokens", "unnamed_auroc", "per_language", "html", "sae_evaluation", "token_activations", "l1",
-          "concept_direction"}
+          "concept_direction", "site"}
 
 
 def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
@@ -43,6 +43,7 @@ def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
             assert all(row["median_perplexity"] <= 4 * ppl for row in coherent)
         assert r["loose_mention_rate"] == r["steered_weak_mention_rate"]
         assert r["architecture"] == "relu" and r["d_sae"] == 256 and r["train_tokens"] >= 3000
+        assert r["site"] == "model.layers.15"
         assert r["l1"] == 5.0          # (sn.train's default: the small budget sets none)
         ev = r["sae_evaluation"]
         assert 0 <= ev["fvu"] and ev["l0"] > 0 and 0 <= ev["dead_fraction"] <= 1 and ev["ce_loss_recovered"] <= 1
@@ -102,6 +103,19 @@ def test_demo_small_budget_runs_both_strategies(tmp_path, capsys):
     # the second run reuses the cached corpus and SAE
     assert main(["demo", "--budget", "small", "--cache", str(tmp_path / "cache"), "--prompt", "Who are you?"]) == 0
     assert "SAE: loaded from" in capsys.readouterr().out
+    # another layer: the same corpus, its own store and SAE, read and steered at that layer
+    assert main(["demo", "--budget", "small", "--cache", str(tmp_path / "cache"), "--prompt", "Who are you?",
+                 "--layer", "8", "--sweep", "", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "bulk corpus:" in printed and "activations:" in printed and "SAE: training a relu SAE" in printed
+    assert "at model.layers.8" in printed and "at model.layers.15" not in printed
+    r8 = json.loads(out.read_text())          # (one concept: one record)
+    assert r8["site"] == "model.layers.8" and r8["concept_direction"]["method"].startswith("mean activation at "
+                                                                                           "model.layers.8 ")
+    assert r8["residual_norm_median"] != results[0]["residual_norm_median"]
+    folder = next((tmp_path / "cache" / "demo").iterdir())
+    assert len(list(folder.glob("store-*-L8-max10x"))) == 1 and len(list(folder.glob("sae-*-L8"))) == 1
+    assert len(list(folder.glob("store-*"))) == 2
 
 
 def test_demo_argument_errors(capsys):
@@ -118,15 +132,21 @@ def test_demo_argument_errors(capsys):
                           (["--html", "/nonexistent/dir/report.html"], "--html: the folder of"),
                           (["--l1", "0"], "--l1: expected a finite number > 0"),
                           (["--l1", "nan"], "--l1: expected a finite number > 0"),
-                          (["--l1", "5", "--architecture", "topk"], "with --architecture relu")):
+                          (["--l1", "5", "--architecture", "topk"], "with --architecture relu"),
+                          (["--layer", "30"], "--layer: expected an int in [0, 29]"),
+                          (["--layer", "-1"], "--layer: expected an int in [0, 29]")):
         with pytest.raises(SystemExit) as e:
             main(["demo", *argv])
         assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_demo_run_checks_l1_before_loading_anything():
+def test_demo_run_checks_l1_and_layer_before_loading_anything():
     from sae_native.demo import run
-    for kwargs, message in (({"l1": 0.0}, "l1: expected a finite number > 0"),
+    for kwargs, message in (({"layer": 30}, r"layer: expected an int in \[0, 29\]"),
+                            ({"layer": -1}, r"layer: expected an int in \[0, 29\]"),
+                            ({"layer": 8.0}, r"layer: expected an int in \[0, 29\]"),
+                            ({"layer": True}, r"layer: expected an int in \[0, 29\]"),
+                            ({"l1": 0.0}, "l1: expected a finite number > 0"),
                             ({"l1": float("inf")}, "l1: expected a finite number > 0"),
                             ({"l1": True}, "l1: expected a finite number > 0"),
                             ({"l1": 5.0, "architecture": "topk"}, "only the relu architecture")):

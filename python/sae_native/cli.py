@@ -7,7 +7,7 @@
                                     times every op against every reference available
     sae-native train (--activations FILE | --model NAME --site SITE --texts FILE) --d-sae N ...
                                     trains an SAE (see `sae-native train --help`)
-    sae-native demo [--concept NAME ...] [--scale 10] [--prompt TEXT ...] [--json PATH] [--html PATH]
+    sae-native demo [--concept NAME ...] [--scale 10] [--layer 15] [--prompt TEXT ...] [--json PATH] [--html PATH]
                     [--architecture relu|topk|jumprelu] [--corpus PATH]
                                     the Golden Gate experiment on SmolLM2-135M-Instruct
     sae-native info                 what was built and what the CPU kernels chose
@@ -373,6 +373,7 @@ def _demo(args, parser) -> int:
     import json
     import os
     from .demo import BUDGETS, CONCEPTS, run
+    from .demo.pipeline import LAYERS
     from .models import smollm2_folder
 
     concepts = list(CONCEPTS) if args.concept == ["all"] else (args.concept or ["Golden Gate Bridge"])
@@ -381,6 +382,8 @@ def _demo(args, parser) -> int:
             parser.error(f"--concept: expected one of {', '.join(CONCEPTS)} or all, got {name!r}")
     if args.scale <= 0:
         parser.error("--scale: expected a number > 0")
+    if not 0 <= args.layer < LAYERS:
+        parser.error(f"--layer: expected an int in [0, {LAYERS - 1}] (SmolLM2-135M's decoder layers), got {args.layer}")
     if args.l1 is not None and (args.architecture != "relu" or not 0 < args.l1 < float("inf")):
         parser.error("--l1: expected a finite number > 0, with --architecture relu")
     if not smollm2_folder():
@@ -392,7 +395,7 @@ def _demo(args, parser) -> int:
             if getattr(args, name) < 1:
                 parser.error(f"--{name.replace('_', '-')}: expected an int >= 1")
             shown = dataclasses.replace(shown, **{name: getattr(args, name)})
-    print(f"sae-native demo: SmolLM2-135M-Instruct, {args.architecture} SAE at model.layers.15, budget "
+    print(f"sae-native demo: SmolLM2-135M-Instruct, {args.architecture} SAE at model.layers.{args.layer}, budget "
           f"{args.budget} ({shown})")
     try:
         sweep = [float(v) for v in args.sweep.split(",") if v.strip()] if args.sweep else []
@@ -406,12 +409,12 @@ def _demo(args, parser) -> int:
         parser.error(f"--html: the folder of {args.html} does not exist")
     results = run(concepts, scale=args.scale, sweep=sweep, prompts=args.prompt, budget=args.budget, seed=args.seed,
                   cache_dir=args.cache, architecture=args.architecture, corpus=args.corpus,
-                  train_tokens=args.train_tokens, d_sae=args.d_sae, l1=args.l1)
+                  train_tokens=args.train_tokens, d_sae=args.d_sae, l1=args.l1, layer=args.layer)
     if args.html:
         from .demo.report import write_report
         first = results[0]
         write_report(results, args.html, subtitle=(
-            f"{first['architecture']} SAE with {first['d_sae']} latents at model.layers.15, trained on "
+            f"{first['architecture']} SAE with {first['d_sae']} latents at {first['site']}, trained on "
             f"{first['train_tokens']:,} tokens; budget {args.budget}, seed {args.seed}"))
         for r in results:
             r["html"] = os.path.abspath(args.html)
@@ -673,6 +676,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_argument("--train-tokens", type=int, metavar="N", help="activations to train on (default: 1,000,000 "
                       "for --budget full; sampling them takes about 40 minutes on 2 cores, once)")
     demo.add_argument("--d-sae", type=int, metavar="N", help="the SAE's latents (default 16384 for --budget full)")
+    demo.add_argument("--layer", type=int, default=15, metavar="N",
+                      help="the SAE reads and steers the residual stream after decoder layer N (0-29; default 15)")
     demo.add_argument("--budget", choices=["full", "small"], default="full",
                       help="corpus and SAE size (small: a quick smoke run)")
     demo.add_argument("--seed", type=int, default=0)

@@ -24,7 +24,16 @@ from .corpus import build_corpus, chat_prompt, generate, read_texts, writer_mode
 from .direction import RATIOS as DIRECTION_RATIOS
 from .direction import concept_direction, direction_aurocs
 
-SITE = "model.layers.15"
+LAYER = 15                  # the default site, the middle of SmolLM2-135M's 30 decoder layers (--layer)
+LAYERS = 30
+SITE = f"model.layers.{LAYER}"
+
+
+def site_of(layer: int) -> str:
+    """The residual stream after decoder layer ``layer`` (0-based, as ``model.layers[i]``)."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < LAYERS:
+        raise ValueError(f"layer: expected an int in [0, {LAYERS - 1}] (SmolLM2-135M's decoder layers), got {layer!r}")
+    return f"model.layers.{layer}"
 
 
 @dataclass(frozen=True)
@@ -75,10 +84,11 @@ def _batches(tok, texts: Sequence[str], size: int = 16):
         yield {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def site_activations(model, tok, texts: Sequence[str]) -> torch.Tensor:
-    """[tokens, d_model] activations at SITE over the texts (first token and padding dropped)."""
+def site_activations(model, tok, texts: Sequence[str], site: str = SITE) -> torch.Tensor:
+    """[tokens, d_model] activations at ``site`` over the texts (first token and padding dropped,
+    rows in no particular order)."""
     from ..training import stream_activations
-    chunks = list(stream_activations(model, SITE, _batches(tok, texts), batch_size=1 << 30, buffer_tokens=1 << 62))
+    chunks = list(stream_activations(model, site, _batches(tok, texts), batch_size=1 << 30, buffer_tokens=1 << 62))
     return torch.cat(chunks)
 
 
@@ -149,31 +159,37 @@ def _bulk_texts(writer, tok, budget: Budget, *, seed: int, folder: str, corpus: 
     return [r["text"] for r in rows]
 
 
-def _store(writer, tok, texts: Sequence[str], key: str, folder: str, log: Callable[[str], None]):
-    """The activations at SITE over the texts, on disk in shards (resumable, with progress),
+def _store(writer, tok, texts: Sequence[str], key: str, folder: str, site: str, log: Callable[[str], None]):
+    """The activations at ``site`` over the texts, on disk in shards (resumable, with progress),
     without SmolLM2's massive activations (tokens above 10x the median norm: about 1 in 1000,
     holding 88% of the variance over 50k tokens here): a squared-error loss would spend the SAE
     on them. The SAE's evaluation leaves the same tokens out of its FVU and L0."""
     from ..store import ActivationStore, write_store
-    out = os.path.join(folder, f"store-{key}-max{MASSIVE:g}x")
+    out = os.path.join(folder, f"store-{key}{_site_tag(site)}-max{MASSIVE:g}x")
     t0 = time.perf_counter()
     batches = list(_batches(tok, texts))
-    write_store(writer, SITE, batches, out, source={"texts": key, "model": "SmolLM2-135M-Instruct",
+    write_store(writer, site, batches, out, source={"texts": key, "model": "SmolLM2-135M-Instruct",
                                                     "dtype": str(next(writer.parameters()).dtype)},
                 progress=True, total=len(batches), exclude_token_ids=[tok.pad_token_id], max_norm_ratio=MASSIVE)
     store = ActivationStore(out)
-    log(f"activations: {store.n_tokens} tokens at {SITE} in {out} ({time.perf_counter() - t0:.0f} s)")
+    log(f"activations: {store.n_tokens} tokens at {site} in {out} ({time.perf_counter() - t0:.0f} s)")
     return store
 
 
+def _site_tag(site: str) -> str:
+    # (the default layer's folders keep the names they had before --layer, so caches stay valid)
+    return "" if site == SITE else "-L" + site.rsplit(".", 1)[-1]
+
+
 def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_dir: Optional[str] = None,
-            corpus: Optional[str] = None, log: Callable[[str], None] = print):
+            corpus: Optional[str] = None, layer: int = LAYER, log: Callable[[str], None] = print):
     """Model, tokenizer, labelled corpus split and the trained SAE (with its feature statistics
     and its evaluation), all cached: the labelled texts and the bulk corpus per seed, the
-    activation store per text list, the SAE per architecture and size."""
+    activation store per text list and layer, the SAE per architecture, size and layer."""
     from ..models import load_model
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture: expected one of {list(ARCHITECTURES)}, got {architecture!r}")
+    site = site_of(layer)
     key = "-".join(c.name.replace(" ", "_") for c in CONCEPTS.values())
     folder = os.path.join(cache_dir or default_cache(), "demo", f"{key}-s{seed}")
     t0 = time.perf_counter()
@@ -201,23 +217,23 @@ def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_
     texts = [r["text"] for r in train_rows] + _bulk_texts(writer, tok, budget, seed=seed, folder=folder,
                                                           corpus=corpus, log=log)
     key = _texts_key(texts)
-    store = _store(writer, tok, texts, key, folder, log)
+    store = _store(writer, tok, texts, key, folder, site, log)
     extra: Dict = {"k": budget.k} if architecture == "topk" else {}
     if architecture == "relu":
         extra.update({name: value for name, value in (("l1", budget.relu_l1), ("lr", budget.relu_lr)) if value is not None})
     size = "-".join(f"{name}{value:g}" for name, value in extra.items()) or "default"
-    sae_dir = os.path.join(folder, f"sae-{architecture}-{budget.d_sae}-{size}-{store.n_tokens}-{key}")
+    sae_dir = os.path.join(folder, f"sae-{architecture}-{budget.d_sae}-{size}-{store.n_tokens}-{key}{_site_tag(site)}")
     t0 = time.perf_counter()
     if os.path.isfile(os.path.join(sae_dir, "cfg.json")):
         sae = load_sae(sae_dir)
         log(f"SAE: loaded from {sae_dir}")
     else:
         steps = max(budget.min_steps, math.ceil(store.n_tokens / budget.batch_size))
-        log(f"SAE: training a {architecture} SAE, d_sae={budget.d_sae}, on {store.n_tokens} activations at {SITE} "
+        log(f"SAE: training a {architecture} SAE, d_sae={budget.d_sae}, on {store.n_tokens} activations at {site} "
             f"({steps} steps of {budget.batch_size})")
         sae = train(store, architecture=architecture, d_sae=budget.d_sae, steps=steps, batch_size=budget.batch_size,
                     seed=seed, progress=True, log_every=100, **extra)
-        sae.metadata["hook_name"] = SITE
+        sae.metadata["hook_name"] = site
         sae.metadata["train_tokens"] = store.n_tokens
         sae.save(sae_dir)
         log(f"SAE: trained in {time.perf_counter() - t0:.0f} s, saved to {sae_dir}")
@@ -226,12 +242,12 @@ def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_
         from ..training.config import TrainConfig
         sae.metadata["l1"] = TrainConfig(architecture="relu", d_sae=budget.d_sae, l1=extra.get("l1")).sparsity
     held_texts = [r["text"] for r in held_rows]
-    sae.metadata["demo_evaluation"] = _evaluation(model, tok, sae, held_texts, store, sae_dir, log)
-    _feature_maxima(writer, tok, sae, [r["text"] for r in train_rows], sae_dir)
+    sae.metadata["demo_evaluation"] = _evaluation(model, tok, sae, held_texts, store, sae_dir, site, log)
+    _feature_maxima(writer, tok, sae, [r["text"] for r in train_rows], sae_dir, site)
     return writer, tok, sae, train_rows, held_rows
 
 
-def _feature_maxima(model, tok, sae, texts: Sequence[str], sae_dir: str) -> None:
+def _feature_maxima(model, tok, sae, texts: Sequence[str], sae_dir: str, site: str = SITE) -> None:
     """sae.stats over the labelled training texts (what ("max", s) clamps read) under ``model``,
     cached beside the SAE per text list and model dtype: the model's pass over them is a large
     share of a cached run."""
@@ -243,14 +259,15 @@ def _feature_maxima(model, tok, sae, texts: Sequence[str], sae_dir: str) -> None
         sae.stats = stats.FeatureStats(max=saved["max"], frequency=saved["frequency"], mean=saved["mean"],
                                        n_tokens=int(saved["n_tokens"]))
         return
-    fs = stats.feature_stats(model, SITE, sae, _batches(tok, texts), top_examples=0, progress=False)
+    fs = stats.feature_stats(model, site, sae, _batches(tok, texts), top_examples=0, progress=False)
     tmp = path + ".tmp"
     save_file({"max": fs.max.contiguous(), "frequency": fs.frequency.contiguous(), "mean": fs.mean.contiguous(),
                "n_tokens": torch.tensor(fs.n_tokens)}, tmp)
     os.replace(tmp, path)
 
 
-def _evaluation(model, tok, sae, texts: Sequence[str], store, sae_dir: str, log: Callable[[str], None]) -> Dict:
+def _evaluation(model, tok, sae, texts: Sequence[str], store, sae_dir: str, site: str,
+                log: Callable[[str], None]) -> Dict:
     """FVU, L0 and CE loss recovered on held-out texts, under the fp32 model the demo steers, and
     the dead fraction over the training activations (cached beside the SAE)."""
     from ..models import token_batches
@@ -260,14 +277,14 @@ def _evaluation(model, tok, sae, texts: Sequence[str], store, sae_dir: str, log:
         with open(path) as f:
             ev = json.load(f)
     else:
-        acts = site_activations(model, tok, texts)
+        acts = site_activations(model, tok, texts, site)
         # SmolLM2's residual stream has massive activations: a few tokens (about 1 in 1000 here)
         # with 100x the median norm carry over 95% of the variance, so an FVU over all tokens
         # measures those few. The SAE trains without them (_store); the FVU and L0 leave them out
         # too (how many is reported, and the all-token FVU beside it), and the CE loss splices the
         # reconstruction into every other token, the massive ones passing through as they are.
         keep = hooks.within_norm_ratio(acts, MASSIVE)
-        full = evaluate(sae, acts[keep], model=model, site=SITE, max_norm_ratio=MASSIVE,
+        full = evaluate(sae, acts[keep], model=model, site=site, max_norm_ratio=MASSIVE,
                         token_batches=list(token_batches(tok, texts, seq_len=128, batch_size=8)))
         # (dead: no activation over up to 262k training tokens; a few thousand held-out tokens
         # would call every rare latent dead)
@@ -284,12 +301,13 @@ def _evaluation(model, tok, sae, texts: Sequence[str], store, sae_dir: str, log:
     return ev
 
 
-def token_activations(model, tok, sae, feature: int, texts: Sequence[str], batch_size: int = 16) -> List[Dict]:
+def token_activations(model, tok, sae, feature: int, texts: Sequence[str], batch_size: int = 16,
+                      site: str = SITE) -> List[Dict]:
     """[{"text", "tokens", "acts"}]: each text's tokens and the feature's activation on each (the
     first token's, an attention-sink outlier, is reported as 0, as the feature search does).
     Batched, right-padded (see answer_perplexities)."""
     out = []
-    with torch.no_grad(), hooks.record(model, SITE, sae, stop=True) as rec:
+    with torch.no_grad(), hooks.record(model, site, sae, stop=True) as rec:
         for c in range(0, len(texts), batch_size):
             chunk = list(texts[c:c + batch_size])
             batch = next(_batches(tok, chunk, len(chunk)))
@@ -329,14 +347,14 @@ class _RowClamps(hooks.SiteHook):
     """A different edit in each block of a batch's rows, so that a whole sweep, its unsteered
     answers and the inactive clamps come from one batched generate: the model's weights are read
     once per token for all of them, not once per scale. An edit is None (the block is left as it
-    is), a clamp as ``sn.steer`` takes it (each block gets what ``sn.steer(model, SITE, sae,
+    is), a clamp as ``sn.steer`` takes it (each block gets what ``sn.steer(model, site, sae,
     clamp)`` would give it alone), or a [d_model] tensor added to every position (the concept
     direction's sweep, see direction.py)."""
 
-    def __init__(self, model, sae, clamps: Sequence, rows: Sequence[int]):
+    def __init__(self, model, sae, clamps: Sequence, rows: Sequence[int], site: str = SITE):
         self.clamps = [c if c is None or isinstance(c, torch.Tensor) else sae.parse_clamp(c) for c in clamps]
         self.rows = list(rows)
-        super().__init__(model, SITE, sae)
+        super().__init__(model, site, sae)
 
     def _edit(self, hidden, clamp):
         if clamp is None:
@@ -351,11 +369,11 @@ class _RowClamps(hooks.SiteHook):
         return torch.cat([self._edit(h, c) for h, c in zip(hidden.split(self.rows), self.clamps)])
 
 
-def answer_sets(model, tok, sae, sets: Sequence, *, max_new_tokens: int) -> List[List[str]]:
+def answer_sets(model, tok, sae, sets: Sequence, *, max_new_tokens: int, site: str = SITE) -> List[List[str]]:
     """Greedy answers to each (prompts, edit) set, the edit a clamp as ``sn.steer`` takes it, a
-    vector added at SITE, or None (unsteered), all in one batched generate (see _RowClamps)."""
+    vector added at ``site``, or None (unsteered), all in one batched generate (see _RowClamps)."""
     questions = [q for prompts, _ in sets for q in prompts]
-    with _RowClamps(model, sae, [clamp for _, clamp in sets], [len(prompts) for prompts, _ in sets]):
+    with _RowClamps(model, sae, [clamp for _, clamp in sets], [len(prompts) for prompts, _ in sets], site):
         answers = generate(model, tok, questions, max_new_tokens=max_new_tokens, batch_size=max(1, len(questions)))
     out, start = [], 0
     for prompts, _ in sets:
@@ -377,9 +395,10 @@ def _coherent(perplexity: float, distinct: float, perplexity_base: float, distin
 
 def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget: Budget, *, train_rows: Sequence[dict],
                 scale: float = 10.0, sweep: Sequence[float] = (), prompts: Optional[Sequence[str]] = None,
-                log: Callable[[str], None] = print) -> Dict:
-    """Both strategies for one concept: the feature search on the held-out rows, the sweep and the
-    inactive clamps, and the concept direction (from ``train_rows``) as the reference."""
+                site: str = SITE, log: Callable[[str], None] = print) -> Dict:
+    """Both strategies for one concept at ``site`` (where ``sae`` reads): the feature search on the
+    held-out rows, the sweep and the inactive clamps, and the concept direction (from
+    ``train_rows``) as the reference."""
     others = {c.topic for c in CONCEPTS.values()}
     pos = [r["text"] for r in held_rows if r["topic"] == concept.topic]
     neg = [r["text"] for r in held_rows if r["topic"] not in others]
@@ -395,7 +414,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     groups = {"named (held-out corpus)": pos, **{g: list(t) for g, t in concept.phrasings.items()}}
     # (every feature's match: the fallback below reads the per-group rates of its own pick here,
     # rather than running the model over the texts again)
-    ranked = features.find_features(model, SITE, sae, groups, neg, top=sae.d_sae, tokenizer=tok, rank="consistency",
+    ranked = features.find_features(model, site, sae, groups, neg, top=sae.d_sae, tokenizer=tok, rank="consistency",
                                     min_auroc=0.95)
     matches, search = ranked[:5], "consistency"
     if matches[0].auroc < 0.95:
@@ -407,7 +426,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
             f"consistent, {consistent.feature}, has AUROC {consistent.auroc:.3f} and fires on "
             + ", ".join(f"{g} {r:.0%}" for g, r in consistent.group_frequency.items())
             + "); falling back to the texts that name it")
-        named = features.find_features(model, SITE, sae, {"named (held-out corpus)": pos}, neg, top=5, tokenizer=tok,
+        named = features.find_features(model, site, sae, {"named (held-out corpus)": pos}, neg, top=5, tokenizer=tok,
                                        rank="coverage", min_auroc=0.99)
         every = {m.feature: m for m in ranked}   # (no feature was eligible: all of them are ranked)
         for m in named:           # the per-group rates of the named features, for the report
@@ -428,12 +447,12 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     # How hard a clamp pushes is the vector it adds against the residual stream it is added to
     # (where it swamps the stream, the model degenerates rather than talks about the concept);
     # the concept direction is added at fractions of the same norm.
-    residual = float(site_activations(model, tok, neg[:32]).float().norm(dim=-1).median())
-    unit, diff_norm = concept_direction(model, tok, SITE, train_pos, train_neg)
+    residual = float(site_activations(model, tok, neg[:32], site).float().norm(dim=-1).median())
+    unit, diff_norm = concept_direction(model, tok, site, train_pos, train_neg)
     sets = ([(prompts, None)] + [(prompts, {best.feature: ("max", sc)}) for sc in scales]
             + [(prompts, ratio * residual * unit) for ratio in DIRECTION_RATIOS] + [(asking, None)]
             + [(asking, a["clamp"]) for a in ablations])
-    answers = answer_sets(model, tok, sae, sets, max_new_tokens=budget.answer_tokens)
+    answers = answer_sets(model, tok, sae, sets, max_new_tokens=budget.answer_tokens, site=site)
     on_prompts = 1 + len(scales) + len(DIRECTION_RATIOS)     # (the sets on the unrelated prompts)
     base, swept, along = answers[0], answers[1:1 + len(scales)], answers[1 + len(scales):on_prompts]
     inactive_answers = answers[on_prompts:]
@@ -455,7 +474,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     row_norm = float(sae.W_dec[best.feature].float().norm())
     for r in table:
         r["clamp_norm"] = float(sae.stats.max[best.feature]) * r["scale"] * row_norm
-    log(f"Strategy 2 - {concept.name}: feature {best.feature} clamped to {scale:g} x its max ({target:.1f}) at {SITE} "
+    log(f"Strategy 2 - {concept.name}: feature {best.feature} clamped to {scale:g} x its max ({target:.1f}) at {site} "
         f"on every token: {main['mention_rate']:.0%} of {len(prompts)} answers mention it, against {base_rate:.0%} "
         f"unsteered; median perplexity under the unsteered model {main['median_perplexity']:.1f} (steered) vs "
         f"{ppl_base:.1f} (unsteered); distinct words {main['distinct_words']:.0%} vs {distinct_base:.0%}")
@@ -480,7 +499,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     for p, b, st in list(zip(prompts, base, shown["answers"]))[:3]:
         log(f"  Q: {p}\n    unsteered: {b.strip()[:150]!r}\n    steered:   {st.strip()[:150]!r}")
     inactive = _inactive(concept, asking, ablations, inactive_answers, log)
-    reference = _direction_record(model, tok, concept, unit, diff_norm, (len(train_pos), len(train_neg)),
+    reference = _direction_record(model, tok, site, concept, unit, diff_norm, (len(train_pos), len(train_neg)),
                                   [{"ratio": ratio, **row(ans, i)} for i, (ratio, ans)
                                    in enumerate(zip(DIRECTION_RATIOS, along), start=1 + len(scales))],
                                   prompts, {"named (held-out corpus)": pos, **concept.phrasings}, neg, log)
@@ -489,11 +508,11 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     described = list(concept.phrasings.get("described (no name)", ()))
     # (the labelled corpus once: the named, unrelated and top texts are all among it)
     labelled = {r["text"]: r for r in token_activations(model, tok, sae, best.feature,
-                                                         [r["text"] for r in held_rows + list(train_rows)])}
+                                                         [r["text"] for r in held_rows + list(train_rows)], site=site)}
     shade = {"named": [labelled[t] for t in pos[:3]],
-             "described": token_activations(model, tok, sae, best.feature, described),
+             "described": token_activations(model, tok, sae, best.feature, described, site=site),
              "other languages": token_activations(model, tok, sae, best.feature, [
-                 t for g in ("French", "Spanish", "German") for t in concept.phrasings.get(g, ())[:1]]),
+                 t for g in ("French", "Spanish", "German") for t in concept.phrasings.get(g, ())[:1]], site=site),
              "unrelated": [labelled[t] for t in neg[:4]]}
     top = sorted(labelled.values(), key=_peak, reverse=True)[:5]
     neg_peaks = torch.tensor([_peak(labelled[t]) for t in neg])
@@ -505,7 +524,7 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
         "concept": concept.name, "feature": best.feature, "selectivity_auroc": best.auroc,
         "unnamed_auroc": unnamed,
         "per_language": {lang[g]: r for g, r in best.group_frequency.items() if g in lang},
-        "architecture": sae.activation, "d_sae": sae.d_sae,
+        "architecture": sae.activation, "d_sae": sae.d_sae, "site": site,
         "train_tokens": int(sae.metadata.get("train_tokens", 0)),
         "l1": sae.metadata.get("l1"),
         "sae_evaluation": sae.metadata.get("demo_evaluation"),
@@ -534,20 +553,20 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     }
 
 
-def _direction_record(model, tok, concept: Concept, unit, diff_norm: float, texts: Sequence[int], table: List[Dict],
+def _direction_record(model, tok, site: str, concept: Concept, unit, diff_norm: float, texts: Sequence[int], table: List[Dict],
                       prompts: Sequence[str], groups: Dict[str, Sequence[str]], neg: Sequence[str],
                       log: Callable[[str], None]) -> Dict:
     """The concept direction's record (see direction.py): its AUROC per phrasing group, and the
     answers with it added at each of DIRECTION_RATIOS x the stream's median norm (``table``)."""
-    aurocs = direction_aurocs(model, tok, SITE, unit, groups, neg)
+    aurocs = direction_aurocs(model, tok, site, unit, groups, neg)
     most = max(table, key=lambda r: (r["mention_rate"], r["weak_mention_rate"], -r["median_perplexity"]))
     coherent = [r["mention_rate"] for r in table if r["coherent"]]
-    log(f"  reference, the concept's own direction at {SITE} (the mean difference over the labelled texts): AUROC "
+    log(f"  reference, the concept's own direction at {site} (the mean difference over the labelled texts): AUROC "
         + ", ".join(f"{g} {aurocs['peak'][g]:.2f}/{aurocs['mean'][g]:.2f}" for g in aurocs["peak"])
         + " (per text's peak/mean projection); added at "
         + ", ".join(f"{r['ratio']:g}x the stream: {r['mention_rate']:.0%} (weak rule {r['weak_mention_rate']:.0%}, "
                     f"perplexity {r['median_perplexity']:.1f})" for r in table))
-    return {"method": f"mean activation at {SITE} over the labelled training texts about {concept.topic}, minus the mean "
+    return {"method": f"mean activation at {site} over the labelled training texts about {concept.topic}, minus the mean "
                       f"over those about other topics; added as ratio x the residual stream's median norm",
             "norm": diff_norm, "texts": {"concept": texts[0], "other": texts[1]},
             "auroc": aurocs["peak"], "auroc_mean": aurocs["mean"],
@@ -599,7 +618,7 @@ def _inactive(concept: Concept, asking: Sequence[str], ablations: Sequence[Dict]
 def run(concepts: Sequence[str] = ("Golden Gate Bridge",), *, scale: float = 10.0, sweep: Sequence[float] = (),
         prompts: Optional[Sequence[str]] = None, budget: str = "full", architecture: str = "relu",
         corpus: Optional[str] = None, train_tokens: Optional[int] = None, d_sae: Optional[int] = None,
-        l1: Optional[float] = None, seed: int = 0, cache_dir: Optional[str] = None,
+        l1: Optional[float] = None, layer: int = LAYER, seed: int = 0, cache_dir: Optional[str] = None,
         log: Callable[[str], None] = print) -> List[Dict]:
     for name in concepts:
         if name not in CONCEPTS:
@@ -607,6 +626,7 @@ def run(concepts: Sequence[str] = ("Golden Gate Bridge",), *, scale: float = 10.
     if budget not in BUDGETS:
         raise ValueError(f"budget: expected one of {list(BUDGETS)}, got {budget!r}")
     b = BUDGETS[budget]
+    site = site_of(layer)
     for name, value in (("train_tokens", train_tokens), ("d_sae", d_sae)):
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -619,7 +639,7 @@ def run(concepts: Sequence[str] = ("Golden Gate Bridge",), *, scale: float = 10.
             raise ValueError(f"l1: expected a finite number > 0, got {l1!r}")
         b = replace(b, relu_l1=float(l1))
     model, tok, sae, train_rows, held = prepare(b, architecture=architecture, seed=seed, cache_dir=cache_dir,
-                                                corpus=corpus, log=log)
+                                                corpus=corpus, layer=layer, log=log)
     return [run_concept(model, tok, sae, held, CONCEPTS[name], b, scale=scale, sweep=sweep, prompts=prompts,
-                        train_rows=train_rows, log=log)
+                        train_rows=train_rows, site=site, log=log)
             for name in concepts]
