@@ -301,6 +301,10 @@ def test_answer_sets_match_one_set_at_a_time(smol):
     finally:
         handle.remove()
     assert with_vector[0] == got[0] and with_vector[1] != got[0]
+    # vector edits need no SAE; a clamp does
+    assert answer_sets(model, tok, None, [(unrelated, vector)], max_new_tokens=tokens) == [with_vector[1]]
+    with pytest.raises(ValueError, match="sae: a clamp needs the SAE"):
+        answer_sets(model, tok, None, [(unrelated, {feature: 0.0})], max_new_tokens=tokens)
     with pytest.raises(RuntimeError, match="expected a batch of 3 rows"), \
             _RowClamps(model, sae, [None, {feature: ("max", 1.0)}], [1, 2]):
         model(**tok(["one row only"], return_tensors="pt"))

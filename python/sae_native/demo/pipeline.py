@@ -181,20 +181,15 @@ def _site_tag(site: str) -> str:
     return "" if site == SITE else "-L" + site.rsplit(".", 1)[-1]
 
 
-def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_dir: Optional[str] = None,
-            corpus: Optional[str] = None, layer: int = LAYER, log: Callable[[str], None] = print):
-    """Model, tokenizer, labelled corpus split and the trained SAE (with its feature statistics
-    and its evaluation), all cached: the labelled texts and the bulk corpus per seed, the
-    activation store per text list and layer, the SAE per architecture, size and layer."""
-    from ..models import load_model
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"architecture: expected one of {list(ARCHITECTURES)}, got {architecture!r}")
-    site = site_of(layer)
+def demo_folder(cache_dir: Optional[str], seed: int) -> str:
+    """Where one seed's corpora, stores and SAEs are cached."""
     key = "-".join(c.name.replace(" ", "_") for c in CONCEPTS.values())
-    folder = os.path.join(cache_dir or default_cache(), "demo", f"{key}-s{seed}")
-    t0 = time.perf_counter()
-    model, tok = load_model("smollm2")
-    log(f"loaded SmolLM2-135M-Instruct ({time.perf_counter() - t0:.0f} s)")
+    return os.path.join(cache_dir or default_cache(), "demo", f"{key}-s{seed}")
+
+
+def labelled_split(model, tok, budget: Budget, *, seed: int, folder: str, log: Callable[[str], None] = print):
+    """The labelled corpus (sampled once, cached in ``folder``), split per topic into the rows the
+    SAE trains on and the held-out rows (the last ``budget.held_out`` of each topic's texts)."""
     topics = [(c.topic, budget.concept_texts) for c in CONCEPTS.values()]
     topics += [(t, budget.other_texts) for t in OTHER_TOPICS[:budget.other_topics]]
     t0 = time.perf_counter()
@@ -210,6 +205,23 @@ def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_
         cut = len(rows) - max(1, int(round(budget.held_out * len(rows))))
         train_rows += rows[:cut]
         held_rows += rows[cut:]
+    return train_rows, held_rows
+
+
+def prepare(budget: Budget, *, architecture: str = "relu", seed: int = 0, cache_dir: Optional[str] = None,
+            corpus: Optional[str] = None, layer: int = LAYER, log: Callable[[str], None] = print):
+    """Model, tokenizer, labelled corpus split and the trained SAE (with its feature statistics
+    and its evaluation), all cached: the labelled texts and the bulk corpus per seed, the
+    activation store per text list and layer, the SAE per architecture, size and layer."""
+    from ..models import load_model
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture: expected one of {list(ARCHITECTURES)}, got {architecture!r}")
+    site = site_of(layer)
+    folder = demo_folder(cache_dir, seed)
+    t0 = time.perf_counter()
+    model, tok = load_model("smollm2")
+    log(f"loaded SmolLM2-135M-Instruct ({time.perf_counter() - t0:.0f} s)")
+    train_rows, held_rows = labelled_split(model, tok, budget, seed=seed, folder=folder, log=log)
     # The model that samples the bulk corpus, reads the store's activations, and then searches and
     # steers: bf16 where this CPU's bf16 matmul is faster (writer_model). Only the SAE's evaluation
     # reads the float32 model.
@@ -352,9 +364,17 @@ class _RowClamps(hooks.SiteHook):
     direction's sweep, see direction.py)."""
 
     def __init__(self, model, sae, clamps: Sequence, rows: Sequence[int], site: str = SITE):
+        if sae is None and any(c is not None and not isinstance(c, torch.Tensor) for c in clamps):
+            raise ValueError("sae: a clamp needs the SAE it clamps (None serves vector edits only)")
         self.clamps = [c if c is None or isinstance(c, torch.Tensor) else sae.parse_clamp(c) for c in clamps]
         self.rows = list(rows)
         super().__init__(model, site, sae)
+
+    def _hook(self, module, args, kwargs, output):
+        if self.sae is not None:
+            return super()._hook(module, args, kwargs, output)
+        hidden, rebuild = hooks.split_output(output)     # (no SAE to check the site's width against)
+        return rebuild(self.on_forward(hidden, kwargs))
 
     def _edit(self, hidden, clamp):
         if clamp is None:
