@@ -3,6 +3,7 @@ when the direction is added, layer by layer. It bounds what a clamped SAE featur
 too, can do at each layer (the demo's reference, docs/demo.md), without training an SAE per layer.
 
     python benchmarks/demo_layers.py [--layers 4,8,11,15,20] [--ratios 0.25,0.5,0.75,1] [--concept NAME] [--json PATH]
+                                     [--budget full|small] [--cache DIR]
 
 Uses the demo's labelled corpus (sampled and cached by the first `sae-native demo`, or here) and
 its 24 unrelated questions; the answers are greedy, 40 tokens, from the bf16 model where this CPU's
@@ -49,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS),
                     help="the direction's norm, as multiples of the stream's median norm (default: the demo's)")
     ap.add_argument("--concept", default="Golden Gate Bridge", choices=list(CONCEPTS))
+    ap.add_argument("--budget", choices=list(BUDGETS), default="full",
+                    help="the demo budget whose labelled corpus and answer length are used (small: a smoke test)")
     ap.add_argument("--cache", metavar="DIR", help="the demo's cache (default ~/.cache/sae-native)")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = ap.parse_args(argv)
@@ -66,9 +69,11 @@ def main(argv=None) -> int:
         ap.error(f"--ratios: expected comma-separated numbers, got {args.ratios!r}")
     if not ratios or not all(0 < r < float("inf") for r in ratios):
         ap.error("--ratios: expected at least one finite number > 0")
-    budget, concept = BUDGETS["full"], CONCEPTS[args.concept]
+    budget, concept = BUDGETS[args.budget], CONCEPTS[args.concept]
     model, tok = load_model("smollm2")
     train_rows, held_rows = labelled_split(model, tok, budget, seed=0, folder=demo_folder(args.cache, 0))
+    if not [r for r in held_rows if r["topic"] in OTHER_TOPICS]:
+        ap.error("--budget: its labelled corpus holds out no text about the other topics")
     model = writer_model(model)
     prompts = list(PROMPTS[:budget.prompts])
     (base,) = answer_sets(model, tok, None, [(prompts, None)], max_new_tokens=budget.answer_tokens)

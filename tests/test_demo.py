@@ -152,3 +152,34 @@ def test_demo_run_checks_l1_and_layer_before_loading_anything():
                             ({"l1": 5.0, "architecture": "topk"}, "only the relu architecture")):
         with pytest.raises(ValueError, match=message):
             run(**kwargs)
+
+
+def test_direction_layer_scan_script(tmp_path, capsys):
+    """benchmarks/demo_layers.py at the small budget: a record per layer with a row per ratio, and
+    named errors for bad layers and ratios."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "demo_layers.py")
+    spec = importlib.util.spec_from_file_location("demo_layers", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "layers.json"
+    assert script.main(["--budget", "small", "--layers", "3,12", "--ratios", "0.5,2", "--cache", str(tmp_path),
+                        "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert [r["layer"] for r in rec["layers"]] == [3, 12] and rec["concept"] == "Golden Gate Bridge"
+    assert rec["layers"][1]["site"] == "model.layers.12"
+    for layer in rec["layers"]:
+        assert [row["ratio"] for row in layer["sweep"]] == [0.5, 2.0] and layer["residual_norm_median"] > 0
+        for row in layer["sweep"]:
+            assert 0.0 <= row["mention_rate"] <= 1.0 and row["median_perplexity"] > 0
+    # the harder push changes the answers (a scan that added nothing would not)
+    assert rec["layers"][0]["sweep"][0]["first_answer"] != rec["layers"][0]["sweep"][1]["first_answer"]
+    assert "layer  3 (stream norm" in capsys.readouterr().out
+    for argv, message in ((["--layers", "30"], "--layers: layer: expected an int in [0, 29]"),
+                          (["--layers", ","], "--layers: expected at least one layer"),
+                          (["--ratios", "0"], "--ratios: expected at least one finite number > 0"),
+                          (["--ratios", "x"], "--ratios: expected comma-separated numbers")):
+        with pytest.raises(SystemExit) as e:
+            script.main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
