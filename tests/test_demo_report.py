@@ -350,3 +350,16 @@ def test_concept_direction_and_its_aurocs(smol):
         concept_direction(model, tok, SITE, bridge, [])
     with pytest.raises(ValueError, match="at least two tokens"):
         concept_direction(model, tok, SITE, ["A"], other)
+
+
+def test_distinct_words_sees_glued_repeats():
+    """Repeats glued by punctuation or case changes count as repeats; plain prose is unchanged by
+    its punctuation; a text without words is left out of the mean."""
+    from sae_native.demo.pipeline import distinct_words, words
+    assert words("Bridgeview,Bridgeview;Bridgeview") == ["bridgeview"] * 3
+    assert words("SanAntAntAnt 1937, the Gate!") == ["san", "ant", "ant", "ant", "1937", "the", "gate"]
+    assert words("Le pont à San Francisco, über die Brücke") == ["le", "pont", "à", "san", "francisco", "über", "die",
+                                                                "brücke"]
+    assert distinct_words(["Bridgeview,Bridgeview,Bridgeview,Bridgeview"]) == 0.25
+    assert distinct_words(["The cat sat. The dog ran.", "?!"]) == pytest.approx(5 / 6)
+    assert math.isnan(distinct_words(["...", ""]))

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence
@@ -123,10 +124,21 @@ def answer_perplexities(model, tok, prompts: Sequence[str], answers: Sequence[st
     return out
 
 
+_WORDS = re.compile(r"\d+|[^\W\d_]+")
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+def words(text: str) -> List[str]:
+    """A text's words, lower-cased: runs of letters or of digits, split where a lower-case letter
+    meets an upper-case one. Collapsed answers glue their repeats together ("Bridgeview,Bridgeview",
+    "SanAntAntAnt"); whitespace alone would count each such run as one distinct word."""
+    return [w.lower() for piece in _WORDS.findall(text) for w in _CAMEL.sub(" ", piece).split()]
+
+
 def distinct_words(texts: Sequence[str]) -> float:
-    """Mean share of distinct words in each text: low when an answer collapses into repetition,
-    which perplexity alone can miss (a repeated token becomes very predictable)."""
-    shares = [len(set(w)) / len(w) for w in (t.lower().split() for t in texts) if w]
+    """Mean share of distinct words (see ``words``) in each text: low when an answer collapses into
+    repetition, which perplexity alone can miss (a repeated token becomes very predictable)."""
+    shares = [len(set(w)) / len(w) for w in map(words, texts) if w]
     return sum(shares) / len(shares) if shares else float("nan")
 
 
