@@ -32,11 +32,12 @@ _SF = r"(?:san francisco|marin|sausalito)"
 CONCEPTS = {
     "Golden Gate Bridge": Concept(
         "Golden Gate Bridge", "the Golden Gate Bridge",
-        strict=rf"golden gate|\bbridge\b[^.!?\n]{{0,80}}\b{_SF}\b|\b{_SF}\b[^.!?\n]{{0,80}}\bbridge\b"
+        # (San Francisco's other bridge, the Bay Bridge, is not the concept: "bridge" after "Bay" never counts)
+        strict=rf"golden gate|(?<!bay )\bbridge\b[^.!?\n]{{0,80}}\b{_SF}\b|\b{_SF}\b[^.!?\n]{{0,80}}(?<!bay )\bbridge\b"
                r"|\borange suspension bridge",
         weak=r"\bbridges?\b",
-        rule="'Golden Gate', or 'bridge' in the same sentence as San Francisco, Marin or Sausalito, or 'orange "
-             "suspension bridge' (case-insensitive); a bare 'bridge' counts only in the weak column",
+        rule="'Golden Gate', or 'bridge' (not 'Bay Bridge') in the same sentence as San Francisco, Marin or "
+             "Sausalito, or 'orange suspension bridge' (case-insensitive); a bare 'bridge' counts only in the weak column",
         phrasings={
             "described (no name)": (
                 "The orange suspension bridge at the mouth of San Francisco Bay is wrapped in fog this morning.",
