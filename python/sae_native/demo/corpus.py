@@ -22,6 +22,17 @@ def chat_prompt(tok, question: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
 
 
+def text_batches(tok, texts: Sequence[str], size: int = 16):
+    """The texts tokenized in batches of ``size``, right-padded (padding follows every real token,
+    so causal attention never reads it): {"input_ids", "attention_mask"} per batch."""
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    for i in range(0, len(texts), size):
+        enc = tok(list(texts[i:i + size]), return_tensors="pt", padding=True)
+        yield {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
 def generate(model, tok, questions: Sequence[str], *, max_new_tokens: int, batch_size: int = 32) -> List[str]:
     """Greedy answers to chat questions, batched (left padding), through the model's own generate:
     the steering hooks run on every forward it makes. (The corpus is sampled by `sample`.)"""

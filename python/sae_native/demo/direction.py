@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .. import features
 from ..hooks import SiteCapture
+from .corpus import text_batches
 
 # How hard the direction is added: its norm over the residual stream's median norm at the site
 # (the unit the feature's clamp is reported in too, as "clamp / stream").
@@ -24,10 +25,9 @@ RATIOS = (0.25, 0.5, 0.75, 1.0)
 def per_text_activations(model, tok, site: str, texts: Sequence[str], batch_size: int = 16) -> List[Tensor]:
     """Each text's [tokens, d_model] activations at ``site`` in float32, its first token (an
     attention-sink outlier) and padding left out. Batched, right-padded."""
-    from .pipeline import _batches
     out: List[Tensor] = []
     with torch.no_grad(), SiteCapture(model, [site]) as capture:
-        for batch in _batches(tok, list(texts), batch_size):
+        for batch in text_batches(tok, list(texts), batch_size):
             hidden = capture(batch)[site].float()
             for row, mask in zip(hidden, batch["attention_mask"]):
                 out.append(row[1:int(mask.sum())])

@@ -22,6 +22,7 @@ from ..loading import load as load_sae
 from ..training import train
 from .concepts import BULK_TEMPLATES, BULK_TOPICS, CONCEPTS, OTHER_TOPICS, PROMPTS, TEMPLATES, Concept
 from .corpus import build_corpus, chat_prompt, generate, read_texts, writer_model
+from .corpus import text_batches as _batches
 from .direction import RATIOS as DIRECTION_RATIOS
 from .direction import concept_direction, direction_aurocs
 
@@ -74,15 +75,6 @@ MASSIVE = 10.0
 def default_cache() -> str:
     from ..models import cache_root
     return cache_root()
-
-
-def _batches(tok, texts: Sequence[str], size: int = 16):
-    tok.padding_side = "right"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    for i in range(0, len(texts), size):
-        enc = tok(list(texts[i:i + size]), return_tensors="pt", padding=True)
-        yield {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
 def site_activations(model, tok, texts: Sequence[str], site: str = SITE) -> torch.Tensor:
