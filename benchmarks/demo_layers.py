@@ -18,7 +18,7 @@ from sae_native.bench import machine
 from sae_native.demo.concepts import CONCEPTS, OTHER_TOPICS, PROMPTS
 from sae_native.demo.corpus import writer_model
 from sae_native.demo.direction import RATIOS, concept_direction
-from sae_native.demo.pipeline import (BUDGETS, _coherent, _median, answer_perplexities, answer_sets, demo_folder,
+from sae_native.demo.pipeline import (BUDGETS, _median, answer_perplexities, answer_sets, answers_row, demo_folder,
                                       distinct_words, labelled_split, site_activations, site_of)
 from sae_native.models import load_model
 
@@ -35,12 +35,9 @@ def layer_sweep(model, tok, concept, train_rows, held_rows, layer: int, ratios, 
     ppls = answer_perplexities(model, tok, prompts * len(ratios), [a for ans in answers for a in ans], batch_size=32)
     rows = []
     for i, (ratio, ans) in enumerate(zip(ratios, answers)):
-        ppl = _median(ppls[i * len(prompts):(i + 1) * len(prompts)])
-        rows.append({"ratio": ratio, "mention_rate": concept.mention_rate(ans),
-                     "weak_mention_rate": concept.mention_rate(ans, strict=False), "median_perplexity": ppl,
-                     "distinct_words": distinct_words(ans),
-                     "coherent": _coherent(ppl, distinct_words(ans), ppl_base, distinct_words(base)),
-                     "first_answer": ans[0]})
+        row = answers_row(concept, ans, _median(ppls[i * len(prompts):(i + 1) * len(prompts)]), ppl_base,
+                          distinct_words(base))
+        rows.append({"ratio": ratio, **{k: v for k, v in row.items() if k != "answers"}, "first_answer": ans[0]})
     return {"layer": layer, "site": site, "residual_norm_median": residual, "direction_norm": norm, "sweep": rows}
 
 

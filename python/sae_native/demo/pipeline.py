@@ -417,6 +417,16 @@ def _coherent(perplexity: float, distinct: float, perplexity_base: float, distin
     return bool(perplexity <= 4 * perplexity_base and distinct >= 0.75 * distinct_base)
 
 
+def answers_row(concept: Concept, answers: Sequence[str], perplexity: float, perplexity_base: float,
+                distinct_base: float) -> Dict:
+    """One sweep point's columns: strict and weak mention rates, the median perplexity given, the
+    distinct-word share, and whether that is coherent against the unsteered answers."""
+    distinct = distinct_words(answers)
+    return {"mention_rate": concept.mention_rate(answers), "weak_mention_rate": concept.mention_rate(answers, False),
+            "median_perplexity": perplexity, "distinct_words": distinct,
+            "coherent": _coherent(perplexity, distinct, perplexity_base, distinct_base), "answers": list(answers)}
+
+
 def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget: Budget, *, train_rows: Sequence[dict],
                 scale: float = 10.0, sweep: Sequence[float] = (), prompts: Optional[Sequence[str]] = None,
                 site: str = SITE, log: Callable[[str], None] = print) -> Dict:
@@ -488,10 +498,8 @@ def run_concept(model, tok, sae, held_rows: List[dict], concept: Concept, budget
     distinct_base = distinct_words(base)
 
     def row(ans, i):
-        ppl = _median(ppls[i * len(prompts):(i + 1) * len(prompts)])
-        return {"mention_rate": concept.mention_rate(ans), "weak_mention_rate": concept.mention_rate(ans, strict=False),
-                "median_perplexity": ppl, "distinct_words": distinct_words(ans),
-                "coherent": _coherent(ppl, distinct_words(ans), ppl_base, distinct_base), "answers": ans}
+        return answers_row(concept, ans, _median(ppls[i * len(prompts):(i + 1) * len(prompts)]), ppl_base,
+                           distinct_base)
     table = [{"scale": sc, **row(ans, i)} for i, (sc, ans) in enumerate(zip(scales, swept), start=1)]
     main = next(r for r in table if r["scale"] == float(scale))
     target = float(sae.stats.max[best.feature]) * scale
